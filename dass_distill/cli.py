@@ -1,0 +1,293 @@
+"""The ``dass-distill`` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from dass_distill.console import console
+
+app = typer.Typer(
+    name="dass-distill",
+    help="Distil audio transformers into small, fast state-space audio taggers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _cuda() else "cuda")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def user_errors(fn):
+    """Report user-caused errors as one red line and exit 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from dass_distill.errors import UserError
+        from dass_distill.logit_cache import CacheFormatError
+        from dass_distill.students import ModelFolderError
+        from dass_distill.teachers import CheckpointError
+
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, CacheFormatError, CheckpointError, ModelFolderError) as e:
+            console.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- data
+@app.command()
+@user_errors
+def synth(
+    out: Annotated[Path, typer.Option(help="folder to write the dataset into")] = Path("synth_data"),
+    num_train: Annotated[int, typer.Option(help="training clips")] = 400,
+    num_eval: Annotated[int, typer.Option(help="evaluation clips")] = 100,
+    duration: Annotated[float, typer.Option(help="clip length in seconds")] = 3.0,
+    seed: int = 0,
+) -> None:
+    """Write the embedded synthetic sound-event dataset (wavs, label map, train/eval manifests)."""
+    from dass_distill.console import make_progress
+    from dass_distill.data.synth import make_synthetic_dataset
+
+    with make_progress() as progress:
+        task = progress.add_task("synth", total=num_train + num_eval)
+        info = make_synthetic_dataset(out, num_train=num_train, num_eval=num_eval, duration=duration, seed=seed,
+                                      progress=lambda n: progress.update(task, completed=n))
+    console.print(f"wrote {info['num_train']} train + {info['num_eval']} eval clips, {info['num_classes']} classes, "
+                  f"to {out}  (manifests: {info['train_manifest']}, {info['eval_manifest']})")
+
+
+@app.command()
+def models() -> None:
+    """List student and teacher configurations with their parameter counts (527 classes)."""
+    from dass_distill.models import parameter_count
+    from dass_distill.students import list_models
+    from dass_distill.teachers import AST_CONFIGS
+
+    table = Table(title="models")
+    table.add_column("name")
+    table.add_column("role")
+    table.add_column("parameters", justify="right")
+    for name in list_models():
+        table.add_row(name, "student (DASS)", f"{parameter_count(name) / 1e6:.2f} M")
+    for name in AST_CONFIGS:
+        table.add_row(name, "teacher (AST, trainable)", f"{parameter_count(name) / 1e6:.2f} M")
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- cache
+@app.command()
+@user_errors
+def cache(
+    teacher: Annotated[list[str], typer.Option(help="teacher spec KIND:PATH (e.g. ast:runs/teacher_export) or a teacher YAML; repeatable")],
+    data: Annotated[Path, typer.Option(help="manifest (AST JSON datafile or CSV)")],
+    out: Annotated[Path, typer.Option(help="HDF5 cache file to write")],
+    label_map: Annotated[Optional[Path], typer.Option(help="class_labels_indices.csv (default: beside the manifest)")] = None,
+    batch_size: int = 16,
+    num_workers: int = 2,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "auto",
+    overwrite: bool = False,
+) -> None:
+    """Run teachers over a manifest once and store their logits in an HDF5 cache."""
+    _quiet_libraries()
+    from dass_distill.caching import build_cache
+    from dass_distill.data.manifest import load_manifest
+    from dass_distill.errors import UserError
+    from dass_distill.teachers import load_teacher
+
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite or choose another --out")
+    manifest = load_manifest(data, label_map)
+    teachers = [load_teacher(spec) for spec in teacher]
+    dev = ("cuda" if _cuda() else "cpu") if device == "auto" else device
+    report = build_cache(teachers, manifest, out, batch_size=batch_size, num_workers=num_workers, device=dev)
+    written = ", ".join(f"{k}: {v}" for k, v in report.written.items())
+    console.print(f"wrote {out}: {report.clips} clips in manifest; logits written ({written}); "
+                  f"{len(report.failed)} failed")
+
+
+@app.command("cache-info")
+@user_errors
+def cache_info(path: Path) -> None:
+    """Show what a logit cache holds: teachers, rows, storage and provenance."""
+    from dass_distill.logit_cache import LogitCacheReader
+    from dass_distill.logit_cache.info import summarize
+
+    summary = summarize(LogitCacheReader(path))
+    table = Table(title=str(path), show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for key, value in summary.items():
+        if key == "teachers":
+            continue
+        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+    console.print(table)
+    for name, t in summary.get("teachers", {}).items():
+        tt = Table(title=f"teacher {name}", show_header=False)
+        tt.add_column("key", style="bold")
+        tt.add_column("value")
+        for key, value in t.items():
+            tt.add_row(key, json.dumps(value, indent=1) if isinstance(value, (dict, list)) else str(value))
+        console.print(tt)
+
+
+# --------------------------------------------------------------------------- train
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@user_errors
+def train(
+    ctx: typer.Context,
+    config: Annotated[Optional[Path], typer.Option(help="training config YAML")] = None,
+    model: Annotated[Optional[str], typer.Option(help="model name (dass_tiny, dass_small, ast_tiny, ...); overrides the config")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option(help="run folder; overrides the config")] = None,
+    hostfile: Annotated[Optional[Path], typer.Option(help="DeepSpeed hostfile for multi-node training")] = None,
+) -> None:
+    """Train a student (or an AST teacher) under DeepSpeed. Extra KEY=VALUE args override the config."""
+    _quiet_libraries()
+    from dass_distill.training.config import load_config
+    from dass_distill.training.distributed import launched_by_launcher, relaunch_with_deepspeed
+    from dass_distill.training.loop import train as run_training
+
+    overrides = list(ctx.args)
+    if model:
+        overrides.append(f"model={model}")
+    if output_dir:
+        overrides.append(f"output_dir={output_dir}")
+    cfg = load_config(config, overrides)
+    n_gpu = _gpu_count()
+    if not launched_by_launcher() and (n_gpu > 1 or hostfile is not None):
+        relaunch_with_deepspeed(sys.argv[1:], n_gpu, str(hostfile) if hostfile else None)
+    summary = run_training(cfg)
+    if summary.get("best_mAP") is not None:
+        console.print(f"done: {summary['steps']} steps, best eval mAP {summary['best_mAP']:.4f} "
+                      f"(step {summary['best_step']}); run folder {summary['output_dir']}")
+    else:
+        console.print(f"done: {summary['steps']} steps; run folder {summary['output_dir']}")
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+# --------------------------------------------------------------------------- export / use
+@app.command()
+@user_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="training run folder (or one of its checkpoints)")],
+    out: Annotated[Path, typer.Option(help="folder to write the exported model to")],
+    tag: Annotated[Optional[str], typer.Option(help="checkpoint tag (default: best, else latest)")] = None,
+) -> None:
+    """Export a trained model as a Hugging Face-style folder and verify it reproduces the checkpoint."""
+    _quiet_libraries()
+    from dass_distill.export import export_run
+
+    report = export_run(checkpoint, out, tag)
+    console.print(f"exported {report.family} model (checkpoint '{report.tag}') to {report.folder}; "
+                  f"max |logit diff| vs checkpoint {report.max_abs_diff:.2e}")
+
+
+@app.command()
+@user_errors
+def predict(
+    model: Annotated[Path, typer.Argument(help="exported model folder")],
+    audio: Annotated[list[Path], typer.Argument(help="audio files (any format soundfile reads)")],
+    top_k: int = 5,
+    output: Annotated[Optional[Path], typer.Option(help="also write results as JSON")] = None,
+) -> None:
+    """Print the top tags of each audio file."""
+    _quiet_libraries()
+    from dass_distill.errors import UserError
+    from dass_distill.inference import load_tagger
+
+    tagger = load_tagger(model)
+    results: dict[str, object] = {}
+    failures = 0
+    for path in audio:
+        try:
+            tags = tagger.tag_file(path, top_k)
+        except UserError as e:
+            console.print(f"[red]{e}")
+            results[str(path)] = {"error": str(e)}
+            failures += 1
+            continue
+        table = Table(title=str(path))
+        table.add_column("tag")
+        table.add_column("score", justify="right")
+        for name, score in tags:
+            table.add_row(name, f"{score:.3f}")
+        console.print(table)
+        results[str(path)] = [{"label": n, "score": s} for n, s in tags]
+    if output:
+        output.write_text(json.dumps(results, indent=2))
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="exported model folder")],
+    data: Annotated[Path, typer.Option(help="manifest to evaluate on")],
+    label_map: Annotated[Optional[Path], typer.Option(help="class_labels_indices.csv (default: beside the manifest)")] = None,
+    batch_size: int = 16,
+    output: Annotated[Optional[Path], typer.Option(help="write metrics as JSON")] = None,
+) -> None:
+    """mAP, d-prime and per-class AP of an exported model on a manifest."""
+    _quiet_libraries()
+    from dass_distill.evaluation import evaluate_tagger
+
+    result = evaluate_tagger(model, data, label_map, batch_size)
+    table = Table(title=f"{model} on {data}")
+    table.add_column("class")
+    table.add_column("AP", justify="right")
+    for name, ap in zip(result["label_names"], result["per_class_ap"]):
+        table.add_row(name, "n/a" if ap != ap else f"{ap:.4f}")
+    console.print(table)
+    console.print(f"mAP {result['mAP']:.4f}   mAUC {result['mAUC']:.4f}   d' {result['d_prime']:.3f}   "
+                  f"({result['clips']} clips, {len(result['errors'])} unreadable)")
+    if output:
+        output.write_text(json.dumps(result, indent=2))
+
+
+# --------------------------------------------------------------------------- demo
+@app.command()
+@user_errors
+def demo(
+    work_dir: Annotated[Path, typer.Option(help="folder for data, runs, cache and exports")] = Path("demo_work"),
+    fast: Annotated[bool, typer.Option(help="a much smaller run (smoke test), not the reported numbers")] = False,
+) -> None:
+    """The whole chain on the embedded dataset: synth -> teacher -> cache -> students -> export -> predict."""
+    _quiet_libraries()
+    from dass_distill.demo import run_demo
+
+    run_demo(work_dir, fast=fast)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Manifests, audio I/O, datasets, augmentation and the synthetic demo dataset."""

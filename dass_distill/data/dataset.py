@@ -1,0 +1,134 @@
+"""Torch datasets over a manifest: decoded audio -> features, labels, cached teacher logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dass_distill.data.audio import AudioError, read_audio
+from dass_distill.data.manifest import Manifest
+
+
+class TeacherTargets:
+    """Teacher logits for clips, read by id from a logit cache (one handle per worker)."""
+
+    def __init__(self, reader, teacher: str) -> None:
+        self.reader = reader
+        self.teacher = teacher
+
+    def get(self, clip_ids: list[str]) -> np.ndarray:
+        return self.reader.get(clip_ids, self.teacher)
+
+
+@dataclass
+class Batch:
+    features: torch.Tensor  # (B, T, F)
+    labels: torch.Tensor  # (B, C)
+    ids: list[str]
+    teacher_logits: torch.Tensor | None = None  # (B, C); rows of NaN = no teacher for that clip
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (clip id, reason) of skipped clips
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class ClipDataset(Dataset):
+    """Items are dicts with ``features`` (T, F), ``labels`` (C,), ``id``; a clip that cannot
+    be decoded yields ``{"id", "error"}`` so the collate step can skip and report it.
+
+    With ``teacher`` set, ``__getitems__`` reads the whole batch's teacher logits in one
+    cache call (torch's DataLoader uses it for batched fetching).
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        featurize: Callable[[torch.Tensor], torch.Tensor],
+        sample_rate: int,
+        teacher: TeacherTargets | None = None,
+        labels_only_ids: set[str] | None = None,
+        memoize: bool = False,
+    ) -> None:
+        self.manifest = manifest
+        self.featurize = featurize
+        self.sample_rate = sample_rate
+        self.teacher = teacher
+        self.labels_only_ids = labels_only_ids or set()
+        self.targets = manifest.targets()
+        self._memo: dict[int, torch.Tensor] | None = {} if memoize else None
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def _features(self, index: int) -> torch.Tensor:
+        if self._memo is not None and index in self._memo:
+            return self._memo[index]
+        wave = read_audio(self.manifest.clips[index].path, self.sample_rate)
+        feats = self.featurize(wave)
+        if self._memo is not None:
+            self._memo[index] = feats
+        return feats
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        items = []
+        for i in indices:
+            clip = self.manifest.clips[i]
+            try:
+                items.append({"id": clip.id, "features": self._features(i), "labels": torch.from_numpy(self.targets[i])})
+            except AudioError as e:
+                items.append({"id": clip.id, "error": str(e)})
+        if self.teacher is not None:
+            good = [it for it in items if "error" not in it]
+            wanted = [it["id"] for it in good if it["id"] not in self.labels_only_ids]
+            logits = dict(zip(wanted, self.teacher.get(wanted))) if wanted else {}
+            for it in good:
+                row = logits.get(it["id"])
+                it["teacher_logits"] = torch.from_numpy(row) if row is not None else torch.full_like(it["labels"], float("nan"))
+        return items
+
+
+def collate(items: list[dict]) -> Batch:
+    """Stack the good items; carry the failed ones as ``errors``."""
+    good = [it for it in items if "error" not in it]
+    errors = [(it["id"], it["error"]) for it in items if "error" in it]
+    if not good:
+        return Batch(torch.empty(0), torch.empty(0), [], None, errors)
+    teacher = torch.stack([it["teacher_logits"] for it in good]) if "teacher_logits" in good[0] else None
+    return Batch(
+        torch.stack([it["features"] for it in good]),
+        torch.stack([it["labels"] for it in good]),
+        [it["id"] for it in good],
+        teacher,
+        errors,
+    )
+
+
+class WaveformDataset(Dataset):
+    """Decoded mono waveforms at ``sample_rate`` (for teachers, which run their own front end)."""
+
+    def __init__(self, manifest: Manifest, sample_rate: int) -> None:
+        self.manifest = manifest
+        self.sample_rate = sample_rate
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, index: int) -> dict:
+        clip = self.manifest.clips[index]
+        try:
+            return {"id": clip.id, "wave": read_audio(clip.path, self.sample_rate)}
+        except AudioError as e:
+            return {"id": clip.id, "error": str(e)}
+
+
+def collate_waves(items: list[dict]) -> tuple[list[str], list[torch.Tensor], list[tuple[str, str]]]:
+    """(ids, waveforms of their own lengths, errors)."""
+    good = [it for it in items if "error" not in it]
+    return [it["id"] for it in good], [it["wave"] for it in good], [(it["id"], it["error"]) for it in items if "error" in it]

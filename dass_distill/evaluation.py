@@ -1,0 +1,72 @@
+"""Scoring a model over a manifest and computing tagging metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from dass_distill.data.dataset import Batch
+from dass_distill.metrics import tagging_metrics
+
+
+@dataclass
+class Scores:
+    """Sigmoid scores and targets of the clips that could be read, plus those that could not."""
+
+    ids: list[str]
+    scores: np.ndarray  # (N, C) probabilities
+    targets: np.ndarray  # (N, C) multi-hot
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def metrics(self) -> dict:
+        return tagging_metrics(self.scores, self.targets)
+
+
+@torch.no_grad()
+def score_batches(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[Batch],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    on_batch: Callable[[int], None] | None = None,
+) -> Scores:
+    """Run ``forward`` (features -> logits) over batches; sigmoid scores in fp32."""
+    ids, scores, targets, errors = [], [], [], []
+    for batch in batches:
+        errors.extend(batch.errors)
+        if len(batch):
+            logits = forward(batch.features.to(device=device, dtype=dtype))
+            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+            targets.append(batch.labels.numpy())
+            ids.extend(batch.ids)
+        if on_batch is not None:
+            on_batch(len(batch) + len(batch.errors))
+    if not scores:
+        raise RuntimeError("no clip of the evaluation set could be read")
+    return Scores(ids, np.concatenate(scores), np.concatenate(targets), errors)
+
+
+def evaluate_tagger(folder, data, label_map=None, batch_size: int = 16, num_workers: int = 0) -> dict:
+    """Metrics of an exported model folder on a manifest whose labels match the model's."""
+    from torch.utils.data import DataLoader
+
+    from dass_distill.console import make_progress
+    from dass_distill.data.dataset import ClipDataset, collate
+    from dass_distill.data.manifest import load_manifest
+    from dass_distill.errors import UserError
+    from dass_distill.inference import load_tagger
+
+    tagger = load_tagger(folder)
+    manifest = load_manifest(data, label_map)
+    if list(manifest.label_map.ids) != list(tagger.label_ids):
+        raise UserError(f"{folder} predicts {len(tagger.label_ids)} classes that differ from the label map of {data}")
+    dataset = ClipDataset(manifest, tagger.featurize_clip, tagger.sample_rate)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
+    with make_progress() as progress:
+        task = progress.add_task("evaluate", total=len(manifest))
+        scores = score_batches(tagger.module, loader, on_batch=lambda n: progress.advance(task, n))
+    return {**scores.metrics(), "clips": len(scores.ids), "errors": scores.errors,
+            "label_names": list(manifest.label_map.names)}

@@ -1,0 +1,68 @@
+"""Using exported models: load a folder, tag audio files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from dass_distill.data.audio import read_audio
+from dass_distill.errors import UserError
+from dass_distill.students import DassFeatureExtractor, ModelFolderError, from_pretrained
+from dass_distill.teachers import ASTTeacher, CheckpointError
+
+
+@dataclass
+class Tagger:
+    """An exported model ready for inference: waveform -> features -> logits."""
+
+    module: nn.Module  # (B, T, F) -> (B, C) logits
+    featurize: Callable[[torch.Tensor], torch.Tensor]  # (samples,) -> (T, F), every frame kept
+    featurize_clip: Callable[[torch.Tensor], torch.Tensor]  # (samples,) -> (target_length, F), as in training
+    sample_rate: int
+    label_ids: list[str]
+    label_names: list[str]
+    kind: str
+
+    @torch.inference_mode()
+    def scores(self, wave: torch.Tensor) -> torch.Tensor:
+        """Sigmoid class scores (C,) of one waveform at ``sample_rate``."""
+        feats = self.featurize(wave).unsqueeze(0)
+        return torch.sigmoid(self.module(feats).float())[0]
+
+    def tag_file(self, path: str | Path, top_k: int = 5) -> list[tuple[str, float]]:
+        """Top-k (label name, score) of an audio file of any format, rate and channel count."""
+        scores = self.scores(read_audio(path, self.sample_rate))
+        values, idx = scores.topk(min(top_k, len(scores)))
+        return [(self.label_names[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]
+
+
+def load_tagger(folder: str | Path) -> Tagger:
+    """Load an exported student (``dass``) or AST teacher folder."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not folder.is_dir() or not config_path.is_file():
+        raise UserError(f"{folder} is not an exported model folder (no config.json); run 'dass-distill export' first")
+    model_type = json.loads(config_path.read_text()).get("model_type")
+    try:
+        if model_type == "dass":
+            model, fe, config = from_pretrained(folder)
+            names = [config["id2label"][str(i)] for i in range(model.config.num_classes)]
+            return Tagger(model, _full_length(fe), fe, fe.sampling_rate, config.get("label_ids", names), names, "dass")
+        if model_type == "audio-spectrogram-transformer":
+            teacher = ASTTeacher.from_folder(folder)
+            fe = teacher.front_end.one
+            return Tagger(teacher.model, fe, fe, teacher.sample_rate, teacher.label_ids,
+                          teacher.label_names, "ast")
+    except (ModelFolderError, CheckpointError) as e:
+        raise UserError(str(e)) from None
+    raise UserError(f"{folder}: unsupported model_type '{model_type}' (expected dass or audio-spectrogram-transformer)")
+
+
+def _full_length(fe: DassFeatureExtractor) -> Callable[[torch.Tensor], torch.Tensor]:
+    # The student has no positional embedding: keep every frame of long clips.
+    return lambda wave: fe(wave, pad_to_target=False)

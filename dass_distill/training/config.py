@@ -1,0 +1,152 @@
+"""Training configuration: a YAML file, validated up front, with ``key=value`` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dass_distill.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    train: Path
+    eval: Path | None = None
+    label_map: Path | None = Field(None, description="class_labels_indices.csv; default: beside the train manifest")
+    target_length: int = Field(1024, gt=0, description="frames per clip (10 ms hop); 1024 ~ 10 s")
+    num_workers: int = Field(2, ge=0)
+    memoize_features: bool = Field(False, description="keep computed fbanks in RAM (small datasets only)")
+
+
+class DistillConfig(_Section):
+    cache: Path | None = Field(None, description="HDF5 logit cache; none = labels only")
+    teacher: str | None = Field(None, description="teacher name in the cache; default: its only teacher")
+    kd_weight: float = Field(0.5, ge=0.0, le=1.0)
+    temperature: float = Field(1.0, gt=0.0)
+    missing: Literal["error", "skip", "labels_only"] = Field(
+        "error", description="clips of the manifest absent from the cache: refuse, drop them, or train them on labels only"
+    )
+
+
+class AugmentConfig(_Section):
+    freq_mask: int = Field(48, ge=0)
+    time_mask: int = Field(192, ge=0)
+
+
+class OptimConfig(_Section):
+    batch_size: int = Field(12, gt=0, description="clips per step per process (micro batch)")
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.95, 0.999)
+    weight_decay: float = Field(5e-7, ge=0)
+    warmup_steps: int = Field(1000, ge=0)
+    epochs: int = Field(5, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    lr_decay_start_epoch: int = Field(2, ge=1, description="first epoch whose lr is multiplied by lr_decay")
+    lr_decay: float = Field(0.5, gt=0, le=1)
+
+
+class DeepSpeedSection(_Section):
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    gradient_clipping: float = Field(0.0, ge=0)
+    config: dict[str, Any] = Field(default_factory=dict, description="extra DeepSpeed config keys, merged last")
+
+
+class TrainConfig(_Section):
+    model: str = "dass_small"
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    pretrained: Path | None = Field(None, description="initial weights: an exported model folder")
+    output_dir: Path = Path("runs/train")
+    seed: int = 0
+    data: DataConfig
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    eval_every: int | None = Field(None, gt=0, description="steps between evaluations; default once per epoch")
+    save_every: int | None = Field(None, gt=0, description="steps between checkpoints; default once per epoch")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, gt=0)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from dass_distill.models import model_names
+
+        if v not in model_names():
+            raise ValueError(f"unknown model '{v}'; known: {', '.join(model_names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> "TrainConfig":
+        for label, p in (("data.train", self.data.train), ("data.eval", self.data.eval),
+                         ("data.label_map", self.data.label_map), ("distill.cache", self.distill.cache),
+                         ("pretrained", self.pretrained)):
+            if p is not None and not p.exists():
+                raise ValueError(f"{label}: {p} does not exist")
+        return self
+
+
+def apply_override(doc: dict, item: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (numbers, lists, null)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"override '{item}' should look like key=value (e.g. optim.lr=3e-4)")
+    node = doc
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override '{item}': '{p}' is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base: Path | None = None) -> TrainConfig:
+    """Read, override and validate a training config; one-line errors for every problem."""
+    doc: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config {path} not found")
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config {path} is not valid YAML: {e}") from None
+        if not isinstance(doc, dict):
+            raise UserError(f"config {path} must be a mapping of keys to values")
+    for item in overrides:
+        apply_override(doc, item)
+    source = str(path) if path is not None else "command line"
+    try:
+        # Input paths are relative to the config file, not the cwd.
+        cfg = TrainConfig.model_validate(_with_base(doc, base or (path.parent if path is not None else Path.cwd())))
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise UserError(f"{source}: {where}: {msg}") from None
+    return cfg
+
+
+def _with_base(doc: dict, base: Path) -> dict:
+    """Rewrite relative file paths of a raw config against ``base`` before validation."""
+    def fix(section: dict | None, key: str) -> None:
+        if isinstance(section, dict) and isinstance(section.get(key), str) and not Path(section[key]).is_absolute():
+            section[key] = str(base / section[key])
+    data, distill = doc.get("data"), doc.get("distill")
+    for k in ("train", "eval", "label_map"):
+        fix(data, k)
+    fix(distill, "cache")
+    fix(doc, "pretrained")
+    return doc
+
+
+def dump_config(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,358 @@
+"""The training loop: labels (+ cached teacher logits) -> DeepSpeed engine -> checkpoints.
+
+Read top to bottom: set-up, resume, the step loop, evaluation and checkpointing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import TextColumn
+from torch.utils.data import DataLoader
+
+from dass_distill.console import console, make_progress
+from dass_distill.data.augment import SpecAugment
+from dass_distill.data.dataset import ClipDataset, TeacherTargets, collate
+from dass_distill.data.manifest import LabelMap, Manifest, default_label_map_path, load_manifest
+from dass_distill.errors import UserError
+from dass_distill.evaluation import score_batches
+from dass_distill.losses import DistillationLoss
+from dass_distill.models import build_model
+from dass_distill.training.checkpoint import CHECKPOINTS, ModelInfo, consolidated_state_dict, resolve_checkpoint
+from dass_distill.training.config import TrainConfig, dump_config
+from dass_distill.training.distributed import init_distributed, rank, world_size
+from dass_distill.training.sampler import ResumableSampler
+from dass_distill.training.schedule import lr_factor
+
+PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainState:
+    """Where training is; saved in every checkpoint so a resumed run continues exactly."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of this epoch already consumed
+    best_map: float = -1.0
+    best_step: int = -1
+    skipped_clips: int = 0
+    nonfinite_losses: int = 0
+
+
+def deepspeed_config(cfg: TrainConfig) -> dict:
+    """DeepSpeed's own config dict, from the ``deepspeed`` section (extra keys merged last)."""
+    ds = cfg.deepspeed
+    if ds.precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("deepspeed.precision=fp16 needs a GPU; use bf16 or fp32 on CPU")
+    out = {
+        "train_micro_batch_size_per_gpu": cfg.optim.batch_size,
+        "gradient_accumulation_steps": ds.gradient_accumulation_steps,
+        "gradient_clipping": ds.gradient_clipping,
+        "zero_optimization": {"stage": ds.zero_stage},
+        "bf16": {"enabled": ds.precision == "bf16"},
+        "fp16": {"enabled": ds.precision == "fp16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    out.update(ds.config)
+    return out
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms and the SSM constants (A_logs, D, dt bias)."""
+    skip = set(module.no_weight_decay()) if hasattr(module, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def open_teacher_targets(cfg: TrainConfig, manifest: Manifest, label_map: LabelMap):
+    """Open the logit cache, check it against the data; returns (targets, manifest, labels-only ids)."""
+    from dass_distill.logit_cache import LogitCacheReader
+
+    reader = LogitCacheReader(cfg.distill.cache)
+    teachers = reader.teachers
+    name = cfg.distill.teacher or (teachers[0] if len(teachers) == 1 else None)
+    if name is None:
+        raise UserError(f"{cfg.distill.cache} holds teachers {teachers}; choose one with distill.teacher=NAME")
+    if name not in teachers:
+        raise UserError(f"teacher '{name}' is not in {cfg.distill.cache} (it has {', '.join(teachers)})")
+    if list(reader.label_ids) != list(label_map.ids):
+        raise UserError(
+            f"{cfg.distill.cache} was made with a different label map ({len(reader.label_ids)} classes) than the "
+            f"training data ({len(label_map)}); re-create the cache with this label map"
+        )
+    missing, _ = reader.coverage(manifest.ids, name)
+    labels_only: set[str] = set()
+    if missing:
+        policy = cfg.distill.missing
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        if policy == "error":
+            raise UserError(
+                f"{len(missing)} training clips have no logits in {cfg.distill.cache} ({shown}); run "
+                f"'dass-distill cache-check' or set distill.missing=skip or distill.missing=labels_only"
+            )
+        console.print(f"[yellow]{len(missing)} clips lack teacher logits ({shown}): distill.missing={policy}")
+        if policy == "skip":
+            keep = set(manifest.ids) - set(missing)
+            manifest = manifest.subset(keep)
+        else:
+            labels_only = set(missing)
+    return TeacherTargets(reader, name), manifest, labels_only
+
+
+class Trainer:
+    """One training run, resumable from its own checkpoints."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.ckpt_dir = self.out / CHECKPOINTS
+
+    # ---------------------------------------------------------------- set-up
+    def setup(self) -> None:
+        cfg = self.cfg
+        init_distributed()
+        import deepspeed
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        self.is_main = rank() == 0
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+
+        label_map = LabelMap.from_csv(cfg.data.label_map or default_label_map_path(cfg.data.train))
+        train_manifest = load_manifest(cfg.data.train, label_map)
+        self.eval_manifest = load_manifest(cfg.data.eval, label_map) if cfg.data.eval else None
+        self.model = build_model(cfg.model, label_map, cfg.data.target_length, **cfg.model_args)
+        self.info = ModelInfo(cfg.model, self.model.family, cfg.data.target_length, label_map, cfg.model_args)
+        if cfg.pretrained is not None:
+            self._load_pretrained(cfg.pretrained)
+
+        teacher, labels_only = None, set()
+        if cfg.distill.cache is not None:
+            teacher, train_manifest, labels_only = open_teacher_targets(cfg, train_manifest, label_map)
+        elif cfg.distill.kd_weight > 0 and self.is_main:
+            console.print("[dim]no distill.cache: training on labels only")
+        self.distilling = teacher is not None and cfg.distill.kd_weight > 0
+
+        dataset = ClipDataset(train_manifest, self.model.featurize, self.model.sample_rate, teacher,
+                              labels_only, memoize=cfg.data.memoize_features)
+        self.sampler = ResumableSampler(len(dataset), cfg.seed, rank(), world_size())
+        self.loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=self.sampler, collate_fn=collate,
+                                 num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
+                                 drop_last=True)
+        self.eval_dataset = None
+        if self.eval_manifest is not None:
+            self.eval_dataset = ClipDataset(self.eval_manifest, self.model.featurize, self.model.sample_rate,
+                                            memoize=cfg.data.memoize_features)
+        ga = cfg.deepspeed.gradient_accumulation_steps
+        self.steps_per_epoch = max(1, len(self.sampler) // cfg.optim.batch_size // ga)
+        self.total_steps = cfg.optim.epochs * self.steps_per_epoch
+        if cfg.optim.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.optim.max_steps)
+
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(param_groups(self.model.module, o.weight_decay), lr=o.lr, betas=o.betas)
+        schedule = partial(lr_factor, steps_per_epoch=self.steps_per_epoch, warmup_steps=o.warmup_steps,
+                           decay_start_epoch=o.lr_decay_start_epoch, decay=o.lr_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=self.model.module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
+        )
+        self.dtype = PRECISION[cfg.deepspeed.precision]
+        self.loss_fn = DistillationLoss(cfg.distill.kd_weight if self.distilling else 0.0, cfg.distill.temperature)
+        self.augment = SpecAugment(cfg.augment.freq_mask, cfg.augment.time_mask)
+        self.state = TrainState()
+
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.out / "config.yaml")
+            self.info.save(self.out)
+
+    def _load_pretrained(self, folder: Path) -> None:
+        run_dir, ckpt_dir, tag = resolve_checkpoint(folder)
+        state = consolidated_state_dict(ckpt_dir, tag)
+        # A new label set keeps the backbone and re-initialises the head.
+        own = self.model.module.state_dict()
+        fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        self.model.module.load_state_dict(fitting, strict=False)
+        if self.is_main:
+            console.print(f"initialised {len(fitting)}/{len(own)} tensors from {run_dir} ({tag})")
+
+    # ---------------------------------------------------------------- resume
+    def maybe_resume(self) -> bool:
+        latest = self.ckpt_dir / "latest"
+        if not latest.is_file():
+            return False
+        _, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=latest.read_text().strip())
+        if client is None:
+            raise UserError(f"could not resume from {self.ckpt_dir}; delete it or choose another output_dir")
+        self.state = TrainState(**client["train_state"])
+        torch.set_rng_state(client["rng"]["torch"])
+        np.random.set_state(client["rng"]["numpy"])
+        random.setstate(client["rng"]["python"])
+        if self.is_main:
+            console.print(f"resumed from step {self.state.step} (epoch {self.state.epoch + 1})")
+        return True
+
+    def save(self, tag: str, latest: bool = True) -> None:
+        client = {
+            "train_state": asdict(self.state),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client, save_latest=latest)
+        if latest and self.is_main:
+            self._prune_checkpoints()
+
+    def _prune_checkpoints(self) -> None:
+        import shutil
+
+        steps = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir())
+        for old in steps[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # ---------------------------------------------------------------- loop
+    def train(self) -> dict:
+        self.setup()
+        self.maybe_resume()
+        cfg, st = self.cfg, self.state
+        eval_every = cfg.eval_every or self.steps_per_epoch
+        save_every = cfg.save_every or self.steps_per_epoch
+        log = MetricsLog(self.out / "metrics.csv") if self.is_main else None
+        bs = cfg.optim.batch_size
+        clips_seen, t_last = 0, time.perf_counter()
+        metrics_text = TextColumn("{task.fields[info]}")
+        with make_progress(metrics_text, disable=not self.is_main) as progress:
+            task = progress.add_task(f"train {cfg.model}", total=self.total_steps, completed=st.step, info="")
+            while st.step < self.total_steps and st.epoch < cfg.optim.epochs:
+                self.sampler.set_epoch(st.epoch, skip=st.batches_in_epoch * bs)
+                self.engine.train()
+                for batch in self.loader:
+                    st.batches_in_epoch += 1
+                    st.skipped_clips += len(batch.errors)
+                    for clip_id, err in batch.errors:
+                        console.print(f"[yellow]skipped {clip_id}: {err}")
+                    if not len(batch):
+                        continue
+                    losses = self.train_micro_batch(batch)
+                    clips_seen += len(batch)
+                    if losses is None or not self.engine.is_gradient_accumulation_boundary():
+                        continue
+                    st.step = self.engine.global_steps
+                    progress.update(task, completed=st.step)
+                    if st.step % cfg.log_every == 0 or st.step == self.total_steps:
+                        now = time.perf_counter()
+                        rate = clips_seen * world_size() / (now - t_last)
+                        clips_seen, t_last = 0, now
+                        row = {k: float(v) for k, v in losses.items()}
+                        row.update(lr=self.scheduler.get_last_lr()[0], clips_per_s=rate)
+                        progress.update(task, info=f"loss {row['loss']:.4f} | {rate:.1f} clips/s")
+                        if log:
+                            log.write(st.step, st.epoch + 1, "train", row)
+                    if st.step % eval_every == 0 or st.step == self.total_steps:
+                        self.evaluate_and_keep_best(log, progress)
+                        self.engine.train()
+                    if st.step % save_every == 0 or st.step == self.total_steps:
+                        self.save(f"step_{st.step:07d}")
+                    if st.step >= self.total_steps:
+                        break
+                else:  # the epoch ran to its end
+                    st.epoch += 1
+                    st.batches_in_epoch = 0
+        if log:
+            log.close()
+        return self.finish()
+
+    def train_micro_batch(self, batch) -> dict | None:
+        feats = self.augment(batch.features).to(self.engine.device, self.dtype)
+        labels = batch.labels.to(self.engine.device)
+        teacher = batch.teacher_logits.to(self.engine.device) if batch.teacher_logits is not None else None
+        logits = self.engine(feats)
+        losses = self.loss_fn(logits, labels, teacher)
+        if not torch.isfinite(losses["loss"]):
+            self.state.nonfinite_losses += 1
+            console.print(f"[yellow]non-finite loss at step {self.state.step}; batch skipped")
+            return None
+        self.engine.backward(losses["loss"])
+        self.engine.step()
+        return {k: v.detach() for k, v in losses.items()}
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict | None:
+        if self.eval_dataset is None:
+            return None
+        loader = DataLoader(self.eval_dataset, batch_size=self.cfg.optim.batch_size, collate_fn=collate,
+                            num_workers=self.cfg.data.num_workers)
+        self.engine.eval()
+        scores = score_batches(self.engine, loader, self.engine.device, self.dtype)
+        m = scores.metrics()
+        return {"mAP": m["mAP"], "mAUC": m["mAUC"], "d_prime": m["d_prime"], "eval_errors": len(scores.errors)}
+
+    def evaluate_and_keep_best(self, log, progress) -> None:
+        result = self.evaluate()
+        if result is None:
+            return
+        st = self.state
+        if log:
+            log.write(st.step, st.epoch + 1, "eval", result)
+        progress.console.print(f"step {st.step}: eval mAP {result['mAP']:.4f}  d' {result['d_prime']:.3f}")
+        if math.isfinite(result["mAP"]) and result["mAP"] > st.best_map:
+            st.best_map, st.best_step = result["mAP"], st.step
+            self.save("best", latest=False)
+
+    def finish(self) -> dict:
+        st = self.state
+        summary = {
+            "model": self.cfg.model,
+            "steps": st.step,
+            "epochs_completed": st.epoch,
+            "best_mAP": st.best_map if st.best_step >= 0 else None,
+            "best_step": st.best_step if st.best_step >= 0 else None,
+            "skipped_clips": st.skipped_clips,
+            "nonfinite_losses": st.nonfinite_losses,
+            "distilled": self.distilling,
+            "output_dir": str(self.out),
+        }
+        if self.is_main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+class MetricsLog:
+    """Append-only CSV of (step, epoch, split, metric, value) rows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        new = not path.exists()
+        self._f = path.open("a", newline="")
+        self._w = csv.writer(self._f)
+        if new:
+            self._w.writerow(["step", "epoch", "split", "metric", "value"])
+
+    def write(self, step: int, epoch: int, split: str, values: dict) -> None:
+        for k, v in values.items():
+            self._w.writerow([step, epoch, split, k, f"{v:.6g}"])
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) training as configured; returns the run summary."""
+    return Trainer(cfg).train()

@@ -1,0 +1,1 @@
+"""Cross-scan / cross-merge and selective-scan kernels with torch references."""
