@@ -49,7 +49,7 @@ def user_errors(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (UserError, CacheFormatError, CheckpointError, ModelFolderError) as e:
+        except (UserError, CacheFormatError, CheckpointError, ModelFolderError, FileNotFoundError) as e:
             console.print(f"[bold red]error:[/] {e}")
             raise typer.Exit(2) from None
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from dass_distill.data.manifest import LabelMap
-from dass_distill.students import DassFeatureExtractor, create_model, list_models, model_config
+from dass_distill.students import DassFeatureExtractor, create_model, list_models
 from dass_distill.teachers import AST_CONFIGS, ASTClassifier, KaldiFbank, ast_config
 
 
@@ -48,10 +48,9 @@ def build_model(name: str, label_map: LabelMap, target_length: int = 1024, **ove
 
 
 def parameter_count(name: str, num_classes: int = 527) -> int:
-    """Parameters of a named model at ``num_classes`` outputs, without allocating weights twice."""
-    with torch.device("meta"):
-        if name in AST_CONFIGS:
-            module = ASTClassifier.from_config(ast_config(name, num_classes))
-        else:
-            module = create_model(name, **{**model_config(name).to_dict(), "num_classes": num_classes})
+    """Parameters of a named model with ``num_classes`` outputs."""
+    if name in AST_CONFIGS:
+        module = ASTClassifier.from_config(ast_config(name, num_classes))
+    else:
+        module = create_model(name, num_classes=num_classes)
     return sum(p.numel() for p in module.parameters())

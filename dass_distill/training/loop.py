@@ -155,7 +155,9 @@ class Trainer:
         self.sampler = ResumableSampler(len(dataset), cfg.seed, rank(), world_size())
         self.loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=self.sampler, collate_fn=collate,
                                  num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
-                                 drop_last=True)
+                                 drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))
+        # (Its own generator: creating an iterator must not draw from the global RNG, which
+        # the checkpoint restores for augmentation and drop-path; else resume drifts.)
         self.eval_dataset = None
         if self.eval_manifest is not None:
             self.eval_dataset = ClipDataset(self.eval_manifest, self.model.featurize, self.model.sample_rate,
@@ -297,7 +299,7 @@ class Trainer:
         if self.eval_dataset is None:
             return None
         loader = DataLoader(self.eval_dataset, batch_size=self.cfg.optim.batch_size, collate_fn=collate,
-                            num_workers=self.cfg.data.num_workers)
+                            num_workers=self.cfg.data.num_workers, generator=torch.Generator())
         self.engine.eval()
         scores = score_batches(self.engine, loader, self.engine.device, self.dtype)
         m = scores.metrics()

@@ -1,0 +1,19 @@
+"""Shared fixtures: a small synthetic dataset made once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("DASS_DISTILL_NO_PROGRESS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory):
+    """24 train / 12 eval clips of 1.5 s, 12 classes."""
+    from dass_distill.data.synth import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synth"), num_train=24, num_eval=12, duration=1.5, seed=3)
