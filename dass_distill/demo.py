@@ -43,7 +43,7 @@ def run_demo(work: Path, fast: bool = False) -> dict:
         timings[name] = round(time.perf_counter() - t0 - sum(timings.values()), 1)
 
     console.rule("1/7 synthetic dataset")
-    data_args = {k: FAST[k] for k in ("num_train", "num_eval", "duration")} if fast else {}
+    data_args = {k: FAST[k] for k in ("num_train", "num_eval", "duration")} if fast else {"duration": 2.0}
     info = make_synthetic_dataset(work / "data", **data_args)
     train_m, eval_m = Path(info["train_manifest"]), Path(info["eval_manifest"])
     console.print(f"{info['num_train']} train / {info['num_eval']} eval clips, {info['num_classes']} classes")

@@ -8,7 +8,13 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from dass_distill.data.dataset import Batch
+from torch.utils.data import DataLoader
+
+from dass_distill.console import make_progress
+from dass_distill.data.dataset import Batch, ClipDataset, collate
+from dass_distill.data.manifest import load_manifest
+from dass_distill.errors import UserError
+from dass_distill.inference import load_tagger
 from dass_distill.metrics import tagging_metrics
 
 
@@ -51,14 +57,6 @@ def score_batches(
 
 def evaluate_tagger(folder, data, label_map=None, batch_size: int = 16, num_workers: int = 0) -> dict:
     """Metrics of an exported model folder on a manifest whose labels match the model's."""
-    from torch.utils.data import DataLoader
-
-    from dass_distill.console import make_progress
-    from dass_distill.data.dataset import ClipDataset, collate
-    from dass_distill.data.manifest import load_manifest
-    from dass_distill.errors import UserError
-    from dass_distill.inference import load_tagger
-
     tagger = load_tagger(folder)
     manifest = load_manifest(data, label_map)
     if list(manifest.label_map.ids) != list(tagger.label_ids):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import sys
 
 import torch
 
@@ -60,6 +59,3 @@ def relaunch_with_deepspeed(argv: list[str], num_gpus: int, hostfile: str | None
     os.execv(launcher, cmd)  # replaces this process; the launcher reports the exit status
     return 0  # unreachable
 
-
-def python_argv() -> list[str]:
-    return sys.argv[1:]
