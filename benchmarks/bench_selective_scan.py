@@ -7,12 +7,13 @@ ratio, not the absolute times).
 
     python benchmarks/bench_selective_scan.py [--repeats 5] [--threads 2]
 
-Measured on the 2-core dev VM (AMD EPYC, torch 2.14.1 CPU, idle machine), defaults:
+Measured on the 2-core dev VM (AMD EPYC, torch 2.14.1 CPU; 6 runs of the defaults while
+no other job was busy, though the VM stayed noisy):
 
     selective_scan_ref  fwd        586-686 ms   1.0x
-    selective_scan_cpu  fwd         58-67 ms   ~10x   (max rel. err 1.4e-07 vs fp32 ref)
-    selective_scan_cpu  fwd+bwd   172-176 ms   ~3.5x  (of the reference's forward alone)
-    linear_scan (4, 500000)        14-17 ms   ~340x  vs the sequential loop
+    selective_scan_cpu  fwd         58-99 ms    6-10x  (max rel. err 1.4e-07 vs fp32 ref)
+    selective_scan_cpu  fwd+bwd   172-232 ms  2.5-3.5x (against the reference's forward)
+    linear_scan (4, 500000)        14-19 ms  250-350x  vs the sequential loop
 
 Where the fast forward goes (~60 ms): softplus + exp over the (2, 384, 8192) inputs
 (~14 ms; the reference computes exactly these too), ~6 cheap elementwise passes, and the

@@ -37,4 +37,4 @@ def cross_merge(y: Tensor, H: int, W: int) -> Tensor:
     B, _, C, L = y.shape
     rows = y[:, 0] + y[:, 2].flip(-1)
     cols = y[:, 1] + y[:, 3].flip(-1)  # column-major positions: index w*H + h
-    return rows + cols.view(B, C, W, H).transpose(2, 3).reshape(B, C, L)
+    return rows + cols.reshape(B, C, W, H).transpose(2, 3).reshape(B, C, L)
