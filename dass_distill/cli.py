@@ -50,7 +50,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (UserError, CacheFormatError, CheckpointError, ModelFolderError, FileNotFoundError) as e:
-            console.print(f"[bold red]error:[/] {e}")
+            console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

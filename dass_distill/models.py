@@ -30,12 +30,17 @@ class TrainableModel:
     target_length: int
 
 
+# Family names accepted where a model name is expected (``train --model ast``).
+ALIASES = {"ast": "ast_base", "dass": "dass_small"}
+
+
 def model_names() -> list[str]:
-    return list_models() + list(AST_CONFIGS)
+    return list_models() + list(AST_CONFIGS) + list(ALIASES)
 
 
 def build_model(name: str, label_map: LabelMap, target_length: int = 1024, **overrides) -> TrainableModel:
     """Build a freshly initialised model with ``len(label_map)`` outputs."""
+    name = ALIASES.get(name, name)
     if name in AST_CONFIGS:
         cfg = ast_config(name, len(label_map), target_length, list(label_map.ids), list(label_map.names), **overrides)
         fe = KaldiFbank(target_length=target_length)

@@ -38,6 +38,7 @@ def base_overrides(synth_data, out: Path, **extra) -> list[str]:
 def test_config_errors_are_one_line(tmp_path, synth_data):
     good = base_overrides(synth_data, tmp_path / "run")
     load_config(None, good)  # valid
+    assert load_config(None, good + ["model=ast"]).model == "ast"  # family alias: `train --model ast`
     with pytest.raises(UserError, match="optim.lrr: Extra inputs are not permitted"):
         load_config(None, good + ["optim.lrr=3"])
     with pytest.raises(UserError, match="optim.batch_size"):
@@ -151,6 +152,11 @@ def test_zero2_bf16_checkpoint_consolidates(tmp_path, synth_data):
                                                            "optim.max_steps": 2, "data.eval": "null"})
     summary = train(load_config(None, over))
     assert summary["steps"] == 2 and summary["best_mAP"] is None
+    # with gradient accumulation, logging and checkpoints happen on optimizer steps only
+    loss_steps = [r.split(",")[0] for r in (tmp_path / "z2" / "metrics.csv").read_text().splitlines()
+                  if ",train,loss," in r]
+    assert loss_steps == ["1", "2"]
+    assert sorted(p.name for p in (tmp_path / "z2" / "checkpoints").glob("step_*")) == ["step_0000002"]
     model, info, _, tag = load_trained_model(tmp_path / "z2")
     assert tag == "step_0000002" and info.name == "dass_tiny"
     assert all(p.dtype == torch.float32 for p in model.module.parameters())

@@ -131,6 +131,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: Path |
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "config"
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            key = "data.train=MANIFEST" if where == "data" else f"{where}=..."
+            msg = f"required; set it in the config file or pass {key} on the command line"
         raise UserError(f"{source}: {where}: {msg}") from None
     return cfg
 

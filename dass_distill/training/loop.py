@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -222,8 +223,6 @@ class Trainer:
             self._prune_checkpoints()
 
     def _prune_checkpoints(self) -> None:
-        import shutil
-
         steps = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir())
         for old in steps[: -self.cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
@@ -253,8 +252,8 @@ class Trainer:
                         continue
                     losses = self.train_micro_batch(batch)
                     clips_seen += len(batch)
-                    if losses is None or not self.engine.is_gradient_accumulation_boundary():
-                        continue
+                    if losses is None or self.engine.global_steps == st.step:
+                        continue  # a skipped batch, or mid gradient accumulation: no optimizer step yet
                     st.step = self.engine.global_steps
                     progress.update(task, completed=st.step)
                     if st.step % cfg.log_every == 0 or st.step == self.total_steps:
