@@ -44,12 +44,12 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         from dass_distill.errors import UserError
         from dass_distill.logit_cache import CacheFormatError
-        from dass_distill.students import ModelFolderError
+        from dass_distill.students import ModelFolderError, WeightsError
         from dass_distill.teachers import CheckpointError
 
         try:
             return fn(*args, **kwargs)
-        except (UserError, CacheFormatError, CheckpointError, ModelFolderError, FileNotFoundError) as e:
+        except (UserError, CacheFormatError, CheckpointError, ModelFolderError, WeightsError, FileNotFoundError) as e:
             console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
             raise typer.Exit(2) from None
 

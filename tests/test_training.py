@@ -193,3 +193,22 @@ def test_missing_cache_rows_policy(tmp_path, synth_data):
         train(load_config(None, over))
     summary = train(load_config(None, over + ["distill.missing=labels_only"]))
     assert summary["steps"] == 1 and summary["distilled"]
+
+
+def test_pretrained_vmamba_checkpoint_initialises_backbone(tmp_path, synth_data):
+    from dass_distill.students import create_model
+    from dass_distill.training.checkpoint import load_trained_model
+    from dass_distill.training.loop import train
+
+    torch.manual_seed(5)
+    state = {k: torch.randn_like(v) for k, v in create_model("dass_tiny", num_classes=1000).state_dict().items()}
+    state["patch_embed.0.weight"] = torch.randn(12, 3, 3, 3)  # an RGB stem, as ImageNet VMamba has
+    torch.save({"model": state}, tmp_path / "vssm.pth")
+    over = base_overrides(synth_data, tmp_path / "run", **{"pretrained": tmp_path / "vssm.pth", "optim.max_steps": 1,
+                                                            "optim.lr": 1e-12, "optim.warmup_steps": 0,
+                                                            "data.eval": "null"})
+    train(load_config(None, over))
+    model, *_ = load_trained_model(tmp_path / "run")
+    torch.testing.assert_close(model.module.patch_embed[0].weight, state["patch_embed.0.weight"].sum(1, keepdim=True),
+                               rtol=1e-4, atol=1e-6)
+    assert model.module.classifier.head.weight.shape[0] == 12

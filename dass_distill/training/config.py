@@ -62,7 +62,9 @@ class DeepSpeedSection(_Section):
 class TrainConfig(_Section):
     model: str = "dass_small"
     model_args: dict[str, Any] = Field(default_factory=dict)
-    pretrained: Path | None = Field(None, description="initial weights: an exported model folder")
+    pretrained: Path | None = Field(
+        None, description="initial weights: a training run folder, or a released DASS / VMamba ImageNet checkpoint file"
+    )
     output_dir: Path = Path("runs/train")
     seed: int = 0
     data: DataConfig

@@ -188,6 +188,9 @@ class Trainer:
             self.info.save(self.out)
 
     def _load_pretrained(self, folder: Path) -> None:
+        if folder.is_file():  # a released DASS or VMamba ImageNet checkpoint
+            self._load_released(folder)
+            return
         run_dir, ckpt_dir, tag = resolve_checkpoint(folder)
         state = consolidated_state_dict(ckpt_dir, tag)
         # A new label set keeps the backbone and re-initialises the head.
@@ -196,6 +199,20 @@ class Trainer:
         self.model.module.load_state_dict(fitting, strict=False)
         if self.is_main:
             console.print(f"initialised {len(fitting)}/{len(own)} tensors from {run_dir} ({tag})")
+
+    def _load_released(self, path: Path) -> None:
+        from dass_distill.students import WeightsError, init_from_vmamba, load_dass_weights
+
+        if self.model.family != "dass":
+            raise UserError(f"pretrained={path}: weight files are DASS/VMamba checkpoints; use them with a dass_* model")
+        try:
+            load_dass_weights(self.model.module, path)
+            what = "all weights"
+        except WeightsError:  # another label set (or ImageNet): keep this task's head
+            init_from_vmamba(self.model.module, path)
+            what = "backbone (head re-initialised)"
+        if self.is_main:
+            console.print(f"initialised {what} from {path}")
 
     # ---------------------------------------------------------------- resume
     def maybe_resume(self) -> bool:
