@@ -36,6 +36,9 @@ def run_demo(work: Path, fast: bool = False) -> dict:
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
+    if (work / "runs").is_dir():
+        console.print(f"[yellow]{work / 'runs'} exists: finished runs are reused and interrupted ones resumed; "
+                      f"delete {work} for a fresh demo")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
