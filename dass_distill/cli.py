@@ -148,7 +148,8 @@ def cache_info(path: Path) -> None:
         tt.add_column("key", style="bold")
         tt.add_column("value")
         for key, value in t.items():
-            tt.add_row(key, json.dumps(value, indent=1) if isinstance(value, (dict, list)) else str(value))
+            text = json.dumps(value, indent=1) if isinstance(value, dict) else json.dumps(value) if isinstance(value, list) else str(value)
+            tt.add_row(key, text)
         console.print(tt)
 
 

@@ -53,12 +53,16 @@ def test_config_errors_are_one_line(tmp_path, synth_data):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_config_paths_relative_to_config_file(tmp_path, synth_data):
+def test_config_paths_relative_to_config_file(tmp_path, synth_data, monkeypatch):
     root = Path(synth_data["root"])
     cfg_file = root / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump({"model": "dass_tiny", "data": {"train": "train.json"}}))
     cfg = load_config(cfg_file)
     assert cfg.data.train == root / "train.json"
+    # ... while paths given on the command line are relative to the working directory
+    monkeypatch.chdir(root.parent)
+    cfg = load_config(cfg_file, [f"data.eval={root.name}/eval.json"])
+    assert cfg.data.train == root / "train.json" and cfg.data.eval == root / "eval.json"
 
 
 def test_lr_schedule_warmup_and_epoch_decay():

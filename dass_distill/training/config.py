@@ -110,7 +110,7 @@ def apply_override(doc: dict, item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), base: Path | None = None) -> TrainConfig:
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """Read, override and validate a training config; one-line errors for every problem."""
     doc: dict = {}
     if path is not None:
@@ -123,12 +123,13 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: Path |
             raise UserError(f"config {path} is not valid YAML: {e}") from None
         if not isinstance(doc, dict):
             raise UserError(f"config {path} must be a mapping of keys to values")
+        # Paths written in the file are relative to the file; those given as overrides, to the cwd.
+        _with_base(doc, path.parent)
     for item in overrides:
         apply_override(doc, item)
     source = str(path) if path is not None else "command line"
     try:
-        # Input paths are relative to the config file, not the cwd.
-        cfg = TrainConfig.model_validate(_with_base(doc, base or (path.parent if path is not None else Path.cwd())))
+        cfg = TrainConfig.model_validate(doc)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "config"
@@ -137,6 +138,11 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: Path |
             key = "data.train=MANIFEST" if where == "data" else f"{where}=..."
             msg = f"required; set it in the config file or pass {key} on the command line"
         raise UserError(f"{source}: {where}: {msg}") from None
+    # The resolved config written beside the checkpoints must not depend on the cwd.
+    d = cfg.data
+    d.train, d.eval, d.label_map = (p.absolute() if p is not None else None for p in (d.train, d.eval, d.label_map))
+    cfg.distill.cache = cfg.distill.cache.absolute() if cfg.distill.cache is not None else None
+    cfg.pretrained = cfg.pretrained.absolute() if cfg.pretrained is not None else None
     return cfg
 
 

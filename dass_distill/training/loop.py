@@ -150,6 +150,9 @@ class Trainer:
         elif cfg.distill.kd_weight > 0 and self.is_main:
             console.print("[dim]no distill.cache: training on labels only")
         self.distilling = teacher is not None and cfg.distill.kd_weight > 0
+        self.teacher_provenance = (
+            {"name": teacher.teacher, **teacher.reader.provenance(teacher.teacher)} if teacher is not None else None
+        )
 
         dataset = ClipDataset(train_manifest, self.model.featurize, self.model.sample_rate, teacher,
                               labels_only, memoize=cfg.data.memoize_features)
@@ -344,6 +347,7 @@ class Trainer:
             "skipped_clips": st.skipped_clips,
             "nonfinite_losses": st.nonfinite_losses,
             "distilled": self.distilling,
+            "teacher": self.teacher_provenance,
             "output_dir": str(self.out),
         }
         if self.is_main:
