@@ -6,7 +6,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from dass_distill.kernels import cross_merge, cross_scan, selective_scan
 

@@ -336,7 +336,7 @@ def test_crash_without_previous_file(tmp_path):
     path = tmp_path / "sub" / "c.h5"
     lids, lnames = labels()
     with pytest.raises(KeyboardInterrupt):
-        with LogitCacheWriter(path, clip_ids(), lids, lnames, {"ast": PROV}) as w:
+        with LogitCacheWriter(path, clip_ids(), lids, lnames, {"ast": PROV}):
             assert not path.exists()  # never visible at the final path while writing
             raise KeyboardInterrupt
     assert not path.exists()
@@ -452,10 +452,12 @@ class _CacheDataset:
         return row, os.getpid()
 
 
-@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+@pytest.mark.parametrize(
+    "start_method",
+    [pytest.param(m, marks=pytest.mark.skipif(m not in mp.get_all_start_methods(), reason=f"{m} not available"))
+     for m in ("fork", "spawn")],
+)
 def test_dataloader_workers(tmp_path, start_method):
-    if start_method not in mp.get_all_start_methods():
-        pytest.skip(f"{start_method} not available")
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(15)
     path = tmp_path / "c.h5"
