@@ -24,7 +24,9 @@ app = typer.Typer(
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _cuda() else "cuda")
+    from dass_distill.training.distributed import ensure_accelerator_env
+
+    ensure_accelerator_env()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import transformers
 

@@ -15,9 +15,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def ensure_accelerator_env() -> None:
+    """Tell DeepSpeed which accelerator to use, so it neither probes nor warns."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def ensure_process_env() -> None:
     """Fill the rendezvous variables a lone process lacks, so DeepSpeed does not try MPI discovery."""
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    ensure_accelerator_env()
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
