@@ -102,16 +102,23 @@ def models() -> None:
 @app.command()
 @user_errors
 def cache(
-    teacher: Annotated[list[str], typer.Option(help="teacher spec KIND:PATH (e.g. ast:runs/teacher_export) or a teacher YAML; repeatable")],
+    teacher: Annotated[list[str], typer.Option(help="teacher spec KIND:PATH (ast:MODEL.pth or folder, htsat:MODEL.ckpt, sslam:MODEL.pt) or a teacher / ensemble YAML; repeatable")],
     data: Annotated[Path, typer.Option(help="manifest (AST JSON datafile or CSV)")],
     out: Annotated[Path, typer.Option(help="HDF5 cache file to write")],
     label_map: Annotated[Optional[Path], typer.Option(help="class_labels_indices.csv (default: beside the manifest)")] = None,
     batch_size: int = 16,
     num_workers: int = 2,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "auto",
+    long_clips: Annotated[str, typer.Option(help="clips longer than a teacher's window: 'windows' (overlapping windows, logits averaged) or 'truncate' (first window)")] = "windows",
+    hop_seconds: Annotated[float, typer.Option(help="start-to-start distance of the windows for long clips")] = 5.0,
+    allow_pickle: Annotated[bool, typer.Option(help="load checkpoints that need full unpickling; only for files you trust")] = False,
     overwrite: bool = False,
 ) -> None:
-    """Run teachers over a manifest once and store their logits in an HDF5 cache."""
+    """Run teachers over a manifest once and store their logits in an HDF5 cache.
+
+    Each teacher sees the audio at its own sample rate through its own front end; the
+    long-clip policy and everything else that shaped the logits is kept as provenance.
+    """
     _quiet_libraries()
     from dass_distill.caching import build_cache
     from dass_distill.data.manifest import load_manifest
@@ -120,8 +127,14 @@ def cache(
 
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite or choose another --out")
+    from dass_distill.teachers import ClipPolicy
+
+    try:
+        policy = ClipPolicy(long=long_clips, hop_seconds=hop_seconds)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     manifest = load_manifest(data, label_map)
-    teachers = [load_teacher(spec) for spec in teacher]
+    teachers = [load_teacher(spec, allow_pickle=allow_pickle, clip_policy=policy) for spec in teacher]
     dev = ("cuda" if _cuda() else "cpu") if device == "auto" else device
     report = build_cache(teachers, manifest, out, batch_size=batch_size, num_workers=num_workers, device=dev)
     written = ", ".join(f"{k}: {v}" for k, v in report.written.items())
@@ -145,6 +158,19 @@ def cache_info(path: Path) -> None:
             continue
         table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
     console.print(table)
+    overview = Table(title="teachers")
+    for col in ("name", "kind", "ensemble", "written", "missing", "failed", "long clips", "checkpoint sha256"):
+        overview.add_column(col)
+    for name, t in summary.get("teachers", {}).items():
+        prov = t.get("provenance") or {}
+        clips = prov.get("clips") or {}
+        long = clips.get("long")
+        if long == "windows":
+            long = f"{clips.get('window_seconds', 0):.2f} s windows, hop {clips.get('hop_seconds')} s, {clips.get('aggregate')}"
+        overview.add_row(name, str(prov.get("kind", "?")), str((prov.get("ensemble") or {}).get("name", "")),
+                         str(t["written"]), str(t["missing"]), str(t["failed"]), str(long or "?"),
+                         str(prov.get("checkpoint_sha256") or "")[:12])
+    console.print(overview)
     for name, t in summary.get("teachers", {}).items():
         tt = Table(title=f"teacher {name}", show_header=False)
         tt.add_column("key", style="bold")

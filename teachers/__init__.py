@@ -1,11 +1,12 @@
-"""Teacher models, their front ends and checkpoint loaders."""
+"""Teacher models, their front ends, checkpoint loaders and ensembles."""
 
 from .ast import AST_CONFIGS, ASTClassifier, ASTTeacher, ast_config, save_ast_folder
-from .base import CheckpointError, Teacher
+from .base import CheckpointError, ClipPolicy, Teacher
+from .ensemble import COMBINE_MODES, Ensemble, combine_logits
 from .frontends import KaldiFbank
 from .registry import load_teacher, teacher_kinds
 
 __all__ = [
-    "AST_CONFIGS", "ASTClassifier", "ASTTeacher", "CheckpointError", "KaldiFbank", "Teacher",
-    "ast_config", "load_teacher", "save_ast_folder", "teacher_kinds",
+    "AST_CONFIGS", "ASTClassifier", "ASTTeacher", "COMBINE_MODES", "CheckpointError", "ClipPolicy", "Ensemble",
+    "KaldiFbank", "Teacher", "ast_config", "combine_logits", "load_teacher", "save_ast_folder", "teacher_kinds",
 ]

@@ -1,9 +1,15 @@
 """AST (Gong et al., 2021) teacher on transformers' ``ASTForAudioClassification``.
 
-A teacher folder is a transformers checkpoint folder: ``config.json`` (with
-``id2label``; ``label_ids`` holds the AudioSet mids when known), the weights
-(``model.safetensors``), and ``preprocessor_config.json`` in ASTFeatureExtractor's
-format, from which the front end takes ``max_length``, ``mean`` and ``std``.
+Two checkpoint formats load:
+
+* a transformers checkpoint folder: ``config.json`` (with ``id2label``; ``label_ids``
+  holds the AudioSet mids when known), the weights (``model.safetensors``), and
+  ``preprocessor_config.json`` in ASTFeatureExtractor's format, from which the front
+  end takes ``max_length``, ``mean`` and ``std``;
+* the original release's ``.pth`` file: a DataParallel state dict of the timm DeiT
+  (``module.v.*``, fused ``attn.qkv``, the unused ImageNet ``head``/``head_dist``) and
+  ``module.mlp_head.{0,1}.*``. The patch strides are solved from the position table's
+  length, so the 10/10, 12/12, 14/14 and 16/16 releases all load.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import torch
 import torch.nn as nn
 from transformers import ASTConfig, ASTForAudioClassification
 
-from .base import CheckpointError, Teacher, sha256_of
+from .base import (
+    CheckpointError, Teacher, load_strict, read_checkpoint, sha256_of, strip_prefix, tensors_of, wrong_kind_hint,
+)
 from .frontends import KaldiFbank
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -101,11 +109,15 @@ class ASTTeacher(Teacher):
 
     kind = "ast"
 
-    def __init__(self, model: ASTClassifier, front_end: KaldiFbank, name: str = "ast") -> None:
+    # The original runs under fp16 autocast on CUDA; bf16 keeps fp32's range.
+    cuda_dtype = torch.bfloat16
+
+    def __init__(self, model: ASTClassifier, front_end: KaldiFbank, name: str = "ast", labelled: bool = True) -> None:
         cfg = model.config
         names = [cfg.id2label[i] for i in range(cfg.num_labels)]
         ids = list(getattr(cfg, "label_ids", None) or names)
-        super().__init__(name, front_end.sample_rate, ids, names)
+        super().__init__(name, front_end.sample_rate, cfg.num_labels, ids if labelled else None,
+                         names if labelled else None)
         self.model = model.eval()
         self.front_end = front_end
 
@@ -153,10 +165,135 @@ class ASTTeacher(Teacher):
         teacher.checkpoint_sha256 = sha256_of(weights)
         return teacher
 
+    @classmethod
+    def from_pth(cls, path: str | Path, name: str = "ast", input_tdim: int = 1024, num_heads: int | None = None,
+                 allow_pickle: bool = False) -> "ASTTeacher":
+        """Load an original AST release (``audioset_10_10_0.4593.pth`` and the like)."""
+        path = Path(path)
+        sd = tensors_of(read_checkpoint(path, "ast", allow_pickle), "ast", path, containers=("state_dict", "model"))
+        sd = strip_prefix(sd, ("module.",))
+        if "v.pos_embed" not in sd or "mlp_head.1.weight" not in sd:
+            raise CheckpointError(f"ast teacher: {path} is not an original AST checkpoint (no 'module.v.pos_embed' "
+                                  f"or 'module.mlp_head.1.weight'){wrong_kind_hint(list(sd), 'ast')}")
+        config = original_ast_config(sd, path, input_tdim, num_heads)
+        model = ASTClassifier.from_config(config)
+        # timm's DeiT blocks use eps 1e-6, but AST's own mlp_head LayerNorm keeps torch's 1e-5
+        model.ast.classifier.layernorm.eps = 1e-5
+        load_strict(model.ast, convert_original_ast(sd, model, path), "ast", path)
+        teacher = cls(model, front_end_for(config), name, labelled=False)
+        teacher.checkpoint = str(path.resolve())
+        teacher.checkpoint_sha256 = sha256_of([path])
+        return teacher
+
+    @property
+    def window_samples(self) -> int:
+        fe = self.front_end
+        hop, win = (round(fe.sample_rate * ms / 1000) for ms in (fe.frame_shift, fe.frame_length))
+        return (fe.target_length - 1) * hop + win
+
     def front_end_params(self) -> dict:
         return self.front_end.params()
 
-    @torch.inference_mode()
-    def logits(self, waveforms: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    def short_clip_rule(self) -> str:
+        return f"fbank zero-padded to {self.front_end.target_length} frames before normalisation (as the original AST)"
+
+    def window_logits(self, waveforms: Sequence[torch.Tensor]) -> torch.Tensor:
         feats = self.front_end([w.to(self.device) for w in waveforms])
-        return self.model(feats).float()
+        with self.model_precision():
+            return self.model(feats).float()
+
+
+def _solve_strides(num_patches: int, patch: int, fdim: int, tdim: int) -> tuple[int, int] | None:
+    """(frequency, time) stride giving ``num_patches`` patches; equal strides preferred."""
+    def count(fs: int, ts: int) -> int:
+        return ((fdim - patch) // fs + 1) * ((tdim - patch) // ts + 1)
+
+    for s in range(1, patch + 1):
+        if count(s, s) == num_patches:
+            return s, s
+    found = [(fs, ts) for fs in range(1, patch + 1) for ts in range(1, patch + 1) if count(fs, ts) == num_patches]
+    return found[0] if len(found) == 1 else None
+
+
+def original_ast_config(sd: dict[str, torch.Tensor], path: Path, input_tdim: int = 1024,
+                        num_heads: int | None = None) -> ASTConfig:
+    """The ``ASTConfig`` of an original AST state dict, read from its shapes."""
+    for key in ("v.patch_embed.proj.weight", "v.blocks.0.mlp.fc1.weight"):
+        if key not in sd:
+            raise CheckpointError(f"ast teacher: {path} lacks weight 'module.{key}'")
+    hidden, _, patch, _ = sd["v.patch_embed.proj.weight"].shape
+    num_patches = sd["v.pos_embed"].shape[1] - 2  # cls + distillation tokens
+    num_mel_bins = 128
+    strides = _solve_strides(num_patches, patch, num_mel_bins, input_tdim)
+    if strides is None:
+        raise CheckpointError(
+            f"ast teacher: {path} has {num_patches} patch positions, which no stride gives for "
+            f"{num_mel_bins}x{input_tdim} inputs; set 'input_tdim' in the teacher YAML to the length it was trained on"
+        )
+    layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("v.blocks."))
+    if num_heads is None:
+        if hidden % 64:
+            raise CheckpointError(f"ast teacher: {path} has width {hidden}, not a multiple of ViT's 64-wide heads; "
+                                  "set 'num_heads' in the teacher YAML")
+        num_heads = hidden // 64
+    num_classes = sd["mlp_head.1.weight"].shape[0]
+    names = [f"class_{i}" for i in range(num_classes)]
+    return ASTConfig(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=num_heads,
+        intermediate_size=sd["v.blocks.0.mlp.fc1.weight"].shape[0], patch_size=patch,
+        frequency_stride=strides[0], time_stride=strides[1], max_length=input_tdim, num_mel_bins=num_mel_bins,
+        layer_norm_eps=1e-6, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+    )
+
+
+_DEIT_HEADS = ("v.head.weight", "v.head.bias", "v.head_dist.weight", "v.head_dist.bias")
+
+
+def original_ast_key_map(layers: int) -> dict[str, list[str]]:
+    """Original AST key -> transformers 5.x key(s); ``attn.qkv`` splits into q, k, v."""
+    pre = "audio_spectrogram_transformer."
+    keys = {
+        "v.cls_token": [pre + "embeddings.cls_token"],
+        "v.dist_token": [pre + "embeddings.distillation_token"],
+        "v.pos_embed": [pre + "embeddings.position_embeddings"],
+        "v.norm.weight": [pre + "layernorm.weight"],
+        "v.norm.bias": [pre + "layernorm.bias"],
+        "mlp_head.0.weight": ["classifier.layernorm.weight"],
+        "mlp_head.0.bias": ["classifier.layernorm.bias"],
+        "mlp_head.1.weight": ["classifier.dense.weight"],
+        "mlp_head.1.bias": ["classifier.dense.bias"],
+    }
+    renames = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.o_proj",
+               "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    for kind in ("weight", "bias"):
+        keys[f"v.patch_embed.proj.{kind}"] = [pre + f"embeddings.patch_embeddings.projection.{kind}"]
+        for i in range(layers):
+            src, dst = f"v.blocks.{i}.", f"{pre}layers.{i}."
+            keys[f"{src}attn.qkv.{kind}"] = [f"{dst}attention.{n}.{kind}" for n in ("q_proj", "k_proj", "v_proj")]
+            for old, new in renames.items():
+                keys[f"{src}{old}.{kind}"] = [f"{dst}{new}.{kind}"]
+    return keys
+
+
+def convert_original_ast(sd: dict[str, torch.Tensor], model: ASTClassifier, path: Path) -> dict[str, torch.Tensor]:
+    """Original (timm DeiT + mlp_head) state dict -> transformers keys, checked key by key in the
+    original names: the unused ImageNet DeiT heads are dropped, anything else must match."""
+    key_map = original_ast_key_map(model.config.num_hidden_layers)
+    missing = [k for k in key_map if k not in sd]
+    if missing:
+        raise CheckpointError(f"ast teacher: {path} lacks weight 'module.{missing[0]}' ({len(missing)} missing)")
+    unexpected = [k for k in sd if k not in key_map and k not in _DEIT_HEADS]
+    if unexpected:
+        raise CheckpointError(f"ast teacher: {path} has unexpected weight 'module.{unexpected[0]}' "
+                              f"({len(unexpected)} unexpected)")
+    own = model.ast.state_dict()
+    out = {}
+    for src, dsts in key_map.items():
+        parts = sd[src].chunk(3, dim=0) if len(dsts) == 3 else (sd[src],)
+        for dst, part in zip(dsts, parts):
+            if len(parts) == 3 and sd[src].shape[0] % 3 or part.shape != own[dst].shape:
+                raise CheckpointError(f"ast teacher: {path} weight 'module.{src}' has shape {tuple(sd[src].shape)}, "
+                                      f"which does not fit the model its other weights describe")
+            out[dst] = part
+    return out

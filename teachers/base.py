@@ -1,11 +1,21 @@
-"""The teacher interface the cache and the training loop rely on."""
+"""The teacher interface the cache and the training loop rely on.
+
+A teacher is a frozen tagger with a fixed input window (AST: 1024 frames, HTS-AT:
+10 s, SSLAM: 1024 frames). :meth:`Teacher.window_logits` runs the original model on
+clips that fit the window, padded the way the original pads. :meth:`Teacher.logits`
+applies the long-clip policy (:class:`ClipPolicy`) on top, so no clip is silently
+truncated and whatever was done is part of :meth:`Teacher.identity`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -15,43 +25,117 @@ class CheckpointError(Exception):
     """A teacher checkpoint that cannot be loaded; the message names teacher, file and key."""
 
 
+@dataclass(frozen=True)
+class ClipPolicy:
+    """What a teacher does with clips longer than its window.
+
+    ``windows``: cover the whole clip with windows of the teacher's length, starting
+    every ``hop_seconds`` and with the last one ending at the clip's end, run each
+    and combine the window logits (``mean`` or ``max``). ``truncate``: keep the
+    first window only (what the original training code does). Clips shorter than
+    the window are always padded as the original model pads them.
+    """
+
+    long: Literal["windows", "truncate"] = "windows"
+    hop_seconds: float = 5.0
+    aggregate: Literal["mean", "max"] = "mean"
+
+    def __post_init__(self) -> None:
+        if self.long not in ("windows", "truncate"):
+            raise ValueError(f"long-clip policy must be 'windows' or 'truncate', not '{self.long}'")
+        if self.aggregate not in ("mean", "max"):
+            raise ValueError(f"window aggregate must be 'mean' or 'max', not '{self.aggregate}'")
+        if not self.hop_seconds > 0:
+            raise ValueError(f"window hop must be positive, got {self.hop_seconds} s")
+
+    def starts(self, num_samples: int, window: int, sample_rate: int) -> list[int]:
+        """Window start offsets (in samples) for a clip of ``num_samples``."""
+        if num_samples <= window or self.long == "truncate":
+            return [0]
+        hop = max(1, round(self.hop_seconds * sample_rate))
+        n = math.ceil((num_samples - window) / hop) + 1
+        return [min(i * hop, num_samples - window) for i in range(n)]
+
+
 class Teacher(nn.Module, ABC):
     """A frozen audio tagger: raw waveforms in, raw (pre-sigmoid) logits out.
 
     Subclasses own their front end, so callers only decode and resample audio to
-    ``sample_rate``; features are computed on the teacher's device.
+    ``sample_rate``; features are computed on the teacher's device. ``label_ids`` is
+    None when the checkpoint carries no label names (the released checkpoints): the
+    outputs are then positional and take the label map of the data they run on.
     """
 
     kind: str = "teacher"
+    #: autocast dtype for the model body on CUDA (front ends always run in fp32)
+    cuda_dtype: torch.dtype | None = torch.bfloat16
 
-    def __init__(self, name: str, sample_rate: int, label_ids: list[str], label_names: list[str]) -> None:
+    def __init__(self, name: str, sample_rate: int, num_classes: int, label_ids: list[str] | None = None,
+                 label_names: list[str] | None = None) -> None:
         super().__init__()
         self.name = name
         self.sample_rate = sample_rate
-        self.label_ids = list(label_ids)
-        self.label_names = list(label_names)
+        self._num_classes = num_classes
+        self.label_ids = list(label_ids) if label_ids is not None else None
+        self.label_names = list(label_names) if label_names is not None else self.label_ids
         self.checkpoint: str | None = None
         self.checkpoint_sha256: str | None = None
+        self.clip_policy = ClipPolicy()
 
     @property
     def num_classes(self) -> int:
-        return len(self.label_ids)
+        return self._num_classes
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    @abstractmethod
+    def window_samples(self) -> int:
+        """Length of the model's input window in samples at ``sample_rate``."""
 
     @abstractmethod
     def front_end_params(self) -> dict:
         """Every parameter of the front end, recorded in the cache's provenance."""
 
     @abstractmethod
+    def window_logits(self, waveforms: Sequence[torch.Tensor]) -> torch.Tensor:
+        """B mono waveforms no longer than the window -> (B, num_classes) raw logits,
+        short ones padded as the original model pads them."""
+
+    def model_precision(self):
+        """Autocast context for the model body: ``cuda_dtype`` on CUDA, nothing elsewhere."""
+        dev = self.device
+        if dev.type == "cuda" and self.cuda_dtype is not None:
+            return torch.autocast("cuda", dtype=self.cuda_dtype)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
     def logits(self, waveforms: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """B mono waveforms at ``sample_rate`` ((B, samples), or a list of any lengths)
-        -> (B, num_classes) raw logits."""
+        -> (B, num_classes) raw logits, long clips handled by ``clip_policy``."""
+        window = self.window_samples
+        pieces: list[torch.Tensor] = []
+        owner: list[int] = []
+        for i, wave in enumerate(waveforms):
+            wave = wave.reshape(-1)
+            for start in self.clip_policy.starts(wave.numel(), window, self.sample_rate):
+                pieces.append(wave[start:start + window])
+                owner.append(i)
+        out = self.window_logits([p.to(self.device) for p in pieces]).float()
+        if len(pieces) == len(waveforms):
+            return out
+        index = torch.tensor(owner, device=out.device)
+        combined = torch.empty(len(waveforms), out.shape[1], device=out.device)
+        for i in range(len(waveforms)):
+            rows = out[index == i]
+            combined[i] = rows.mean(0) if self.clip_policy.aggregate == "mean" else rows.amax(0)
+        return combined
 
     def identity(self) -> dict:
         """Stable description of this teacher: what the cache stores as provenance."""
+        policy = self.clip_policy
         return {
             "name": self.name,
             "kind": self.kind,
@@ -59,8 +143,24 @@ class Teacher(nn.Module, ABC):
             "checkpoint_sha256": self.checkpoint_sha256,
             "sample_rate": self.sample_rate,
             "num_classes": self.num_classes,
+            "labels": "from checkpoint" if self.label_ids is not None else "positional (checkpoint has no label names)",
             "front_end": self.front_end_params(),
+            "clips": {
+                "window_seconds": self.window_samples / self.sample_rate,
+                "long": policy.long,
+                "hop_seconds": policy.hop_seconds if policy.long == "windows" else None,
+                "aggregate": policy.aggregate if policy.long == "windows" else None,
+                "short": self.short_clip_rule(),
+            },
         }
+
+    def short_clip_rule(self) -> str:
+        """How clips shorter than the window are padded (recorded in provenance)."""
+        return "zero-padded to the window"
+
+    def set_clip_policy(self, policy: ClipPolicy) -> "Teacher":
+        self.clip_policy = policy
+        return self
 
 
 def sha256_of(paths: list[Path]) -> str:
@@ -71,3 +171,98 @@ def sha256_of(paths: list[Path]) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+# Keys that give a checkpoint's family away, for "wrong kind" messages.
+_SIGNATURES = (
+    ("htsat", ("sed_model.", "tscam_conv.")),
+    ("sslam", ("modality_encoders.", "_ema")),
+    ("ast", ("v.pos_embed", "audio_spectrogram_transformer.", "mlp_head.")),
+    ("dass", ("layers.0.blocks.0.op.", "v.patch_embed.0.")),
+)
+
+
+def guess_kind(keys: Sequence[str]) -> str | None:
+    """The teacher family a state dict's key names point to, if any."""
+    for kind, marks in _SIGNATURES:
+        if any(m in k for k in keys for m in marks):
+            return kind
+    return None
+
+
+def wrong_kind_hint(keys: Sequence[str], expected: str) -> str:
+    kind = guess_kind(keys)
+    if kind and kind != expected:
+        return f"; it looks like a {kind} checkpoint (load it as {kind}:PATH)"
+    return f"; first keys: {', '.join(list(keys)[:3])}"
+
+
+def read_checkpoint(path: str | Path, teacher: str, allow_pickle: bool = False) -> object:
+    """Load an untrusted checkpoint file: safetensors, or ``torch.load(weights_only=True)``.
+
+    Files that need arbitrary unpickling (e.g. configs stored as Python objects) are
+    refused unless ``allow_pickle`` is set: the message names the option.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{teacher} teacher: checkpoint {path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{teacher} teacher: {path} is not a readable safetensors file ({e})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as e:  # truncated zips, foreign pickles and plain garbage raise many types
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not allow_pickle and "weights_only" in str(e):
+            raise CheckpointError(
+                f"{teacher} teacher: {path} stores Python objects besides tensors and cannot be loaded safely; "
+                f"if you trust the file, set 'allow_pickle: true' in the teacher's YAML file"
+            ) from None
+        raise CheckpointError(f"{teacher} teacher: cannot read {path}: truncated or not a checkpoint ({text})") from None
+
+
+def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], teacher: str, path: str | Path) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first offending key."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing:
+        raise CheckpointError(f"{teacher} teacher: {path} lacks weight '{missing[0]}' ({len(missing)} missing)"
+                              + wrong_kind_hint(list(state_dict), teacher))
+    if unexpected:
+        raise CheckpointError(f"{teacher} teacher: {path} has unexpected weight '{unexpected[0]}' "
+                              f"({len(unexpected)} unexpected)")
+    for k, v in own.items():
+        if tuple(state_dict[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{teacher} teacher: {path} weight '{k}' has shape {tuple(state_dict[k].shape)}, "
+                                  f"the model needs {tuple(v.shape)}")
+    module.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state_dict.items()})
+
+
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefixes: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Drop the first matching prefix from every key (``module.``, ``sed_model.``, ...)."""
+    out = {}
+    for k, v in state_dict.items():
+        for p in prefixes:
+            if k.startswith(p):
+                k = k[len(p):]
+                break
+        out[k] = v
+    return out
+
+
+def tensors_of(obj: object, teacher: str, path: str | Path, containers: Sequence[str] = ("state_dict", "model")) -> dict:
+    """The state dict inside a checkpoint object (unwrapping the first container key present)."""
+    for key in containers:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{teacher} teacher: {path} holds no state dict of tensors "
+                              f"(looked under {', '.join(repr(c) for c in containers)})")
+    return obj

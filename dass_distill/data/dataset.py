@@ -14,14 +14,27 @@ from dass_distill.data.manifest import Manifest
 
 
 class TeacherTargets:
-    """Teacher logits for clips, read by id from a logit cache (one handle per worker)."""
+    """Teacher logits for clips, read by id from a logit cache (one handle per worker).
 
-    def __init__(self, reader, teacher: str) -> None:
+    With several members (an ensemble), each member's cached logits are read and
+    combined with :func:`dass_distill.teachers.combine_logits` (``combine``, ``weights``).
+    """
+
+    def __init__(self, reader, teacher: str | list[str], combine: str = "prob_mean",
+                 weights: list[float] | None = None, name: str | None = None) -> None:
         self.reader = reader
-        self.teacher = teacher
+        self.members = [teacher] if isinstance(teacher, str) else list(teacher)
+        self.teacher = name or "+".join(self.members)
+        self.combine = combine
+        self.weights = weights
 
     def get(self, clip_ids: list[str]) -> np.ndarray:
-        return self.reader.get(clip_ids, self.teacher)
+        if len(self.members) == 1:
+            return self.reader.get(clip_ids, self.members[0])
+        from dass_distill.teachers import combine_logits
+
+        stacked = torch.from_numpy(np.stack([self.reader.get(clip_ids, m).astype(np.float32) for m in self.members]))
+        return combine_logits(stacked, self.combine, self.weights).numpy()
 
 
 @dataclass

@@ -26,7 +26,12 @@ class DataConfig(_Section):
 
 class DistillConfig(_Section):
     cache: Path | None = Field(None, description="HDF5 logit cache; none = labels only")
-    teacher: str | None = Field(None, description="teacher name in the cache; default: its only teacher")
+    teacher: str | list[str] | None = Field(
+        None, description="a teacher or ensemble in the cache, or a list of cached teachers to combine; "
+                          "default: the cache's only teacher or only ensemble")
+    combine: Literal["prob_mean", "logit_mean"] | None = Field(
+        None, description="how ensemble members are combined; default: the ensemble's own choice, else prob_mean")
+    member_weights: dict[str, float] | None = Field(None, description="per-member weights (normalised); default equal")
     kd_weight: float = Field(0.5, ge=0.0, le=1.0)
     temperature: float = Field(1.0, gt=0.0)
     missing: Literal["error", "skip", "labels_only"] = Field(

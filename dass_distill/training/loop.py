@@ -81,23 +81,65 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def cached_ensembles(reader) -> dict[str, dict]:
+    """Ensembles whose members a cache holds, from the members' provenance."""
+    out: dict[str, dict] = {}
+    for t in reader.teachers:
+        ens = reader.provenance(t).get("ensemble")
+        if isinstance(ens, dict) and ens.get("name"):
+            out.setdefault(ens["name"], ens)
+    return out
+
+
+def resolve_teacher(cfg: TrainConfig, reader) -> TeacherTargets:
+    """``distill.teacher`` (a cached teacher, a cached ensemble or a list) -> targets with their combination."""
+    teachers, ensembles = reader.teachers, cached_ensembles(reader)
+    choice = cfg.distill.teacher
+    if choice is None:
+        if len(teachers) == 1:
+            choice = teachers[0]
+        elif len(ensembles) == 1 and set(next(iter(ensembles.values()))["members"]) == set(teachers):
+            choice = next(iter(ensembles))
+        else:
+            raise UserError(f"{cfg.distill.cache} holds teachers {teachers}"
+                            + (f" and ensembles {sorted(ensembles)}" if ensembles else "")
+                            + "; choose with distill.teacher=NAME (or a list of teachers)")
+    ensemble = ensembles.get(choice) if isinstance(choice, str) and choice not in teachers else None
+    if ensemble is not None:
+        members = list(ensemble["members"])
+    else:
+        members = [choice] if isinstance(choice, str) else list(choice)
+    for m in members:
+        if m not in teachers:
+            known = ", ".join(teachers) + (f"; ensembles: {', '.join(sorted(ensembles))}" if ensembles else "")
+            raise UserError(f"teacher '{m}' is not in {cfg.distill.cache} (it has {known})")
+    combine = cfg.distill.combine or (ensemble or {}).get("default_combine") or "prob_mean"
+    weights = None
+    if cfg.distill.member_weights is not None:
+        extra = sorted(set(cfg.distill.member_weights) - set(members))
+        if extra:
+            raise UserError(f"distill.member_weights names '{extra[0]}', which is not a member ({', '.join(members)})")
+        weights = [float(cfg.distill.member_weights.get(m, 0.0)) for m in members]
+    elif ensemble is not None and ensemble.get("default_weights"):
+        weights = list(ensemble["default_weights"])
+    if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
+        raise UserError(f"distill.member_weights must be non-negative with a positive sum, got {weights}")
+    name = choice if isinstance(choice, str) else "+".join(members)
+    return TeacherTargets(reader, members, combine, weights, name=name)
+
+
 def open_teacher_targets(cfg: TrainConfig, manifest: Manifest, label_map: LabelMap):
     """Open the logit cache, check it against the data; returns (targets, manifest, labels-only ids)."""
     from dass_distill.logit_cache import LogitCacheReader
 
     reader = LogitCacheReader(cfg.distill.cache)
-    teachers = reader.teachers
-    name = cfg.distill.teacher or (teachers[0] if len(teachers) == 1 else None)
-    if name is None:
-        raise UserError(f"{cfg.distill.cache} holds teachers {teachers}; choose one with distill.teacher=NAME")
-    if name not in teachers:
-        raise UserError(f"teacher '{name}' is not in {cfg.distill.cache} (it has {', '.join(teachers)})")
+    targets = resolve_teacher(cfg, reader)
     if list(reader.label_ids) != list(label_map.ids):
         raise UserError(
             f"{cfg.distill.cache} was made with a different label map ({len(reader.label_ids)} classes) than the "
             f"training data ({len(label_map)}); re-create the cache with this label map"
         )
-    missing, _ = reader.coverage(manifest.ids, name)
+    missing = sorted({c for m in targets.members for c in reader.coverage(manifest.ids, m)[0]})
     labels_only: set[str] = set()
     if missing:
         policy = cfg.distill.missing
@@ -113,7 +155,17 @@ def open_teacher_targets(cfg: TrainConfig, manifest: Manifest, label_map: LabelM
             manifest = manifest.subset(keep)
         else:
             labels_only = set(missing)
-    return TeacherTargets(reader, name), manifest, labels_only
+    return targets, manifest, labels_only
+
+
+def teacher_summary(targets: TeacherTargets) -> dict:
+    """What the run records about its teacher(s): provenance of every member and the combination."""
+    prov = {m: targets.reader.provenance(m) for m in targets.members}
+    if len(targets.members) == 1:
+        return {"name": targets.teacher, **prov[targets.members[0]]}
+    return {"name": targets.teacher, "kind": "ensemble", "members": targets.members, "combine": targets.combine,
+            "weights": targets.weights, "checkpoint_sha256": {m: p.get("checkpoint_sha256") for m, p in prov.items()},
+            "member_provenance": prov}
 
 
 class Trainer:
@@ -150,9 +202,7 @@ class Trainer:
         elif cfg.distill.kd_weight > 0 and self.is_main:
             console.print("[dim]no distill.cache: training on labels only")
         self.distilling = teacher is not None and cfg.distill.kd_weight > 0
-        self.teacher_provenance = (
-            {"name": teacher.teacher, **teacher.reader.provenance(teacher.teacher)} if teacher is not None else None
-        )
+        self.teacher_provenance = teacher_summary(teacher) if teacher is not None else None
 
         dataset = ClipDataset(train_manifest, self.model.featurize, self.model.sample_rate, teacher,
                               labels_only, memoize=cfg.data.memoize_features)
