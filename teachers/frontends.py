@@ -29,6 +29,12 @@ class KaldiFbank:
     def params(self) -> dict:
         return {"type": "kaldi_fbank", **asdict(self)}
 
+    @property
+    def window_samples(self) -> int:
+        """Samples that give exactly ``target_length`` frames (the teacher's window)."""
+        hop, win = (round(self.sample_rate * ms / 1000) for ms in (self.frame_shift, self.frame_length))
+        return (self.target_length - 1) * hop + win
+
     def one(self, wave: torch.Tensor) -> torch.Tensor:
         """(samples,) -> (target_length, num_mel_bins)."""
         wave = wave.float().reshape(1, -1)

@@ -620,9 +620,7 @@ class SSLAMTeacher(Teacher):
 
     @property
     def window_samples(self) -> int:
-        fe = self.front_end
-        hop, win = (round(fe.sample_rate * ms / 1000) for ms in (fe.frame_shift, fe.frame_length))
-        return (fe.target_length - 1) * hop + win
+        return self.front_end.window_samples
 
     def front_end_params(self) -> dict:
         return self.front_end.params()
