@@ -243,22 +243,42 @@ def predict(
     model: Annotated[Path, typer.Argument(help="exported model folder")],
     audio: Annotated[list[Path], typer.Argument(help="audio files (any format soundfile reads)")],
     top_k: int = 5,
-    output: Annotated[Optional[Path], typer.Option(help="also write results as JSON")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="also write results as JSON (CSV when the name ends in .csv)")] = None,
+    window: Annotated[float, typer.Option(help="window length in seconds for long recordings")] = 10.0,
+    hop: Annotated[float, typer.Option(help="start-to-start distance of the windows in seconds")] = 5.0,
+    timeline: Annotated[Optional[bool], typer.Option("--timeline/--no-timeline", help="tag window by window (default: for files longer than --window)")] = None,
+    batch_size: Annotated[int, typer.Option(help="windows per forward pass (memory grows with it, not with the file)")] = 1,
 ) -> None:
-    """Print the top tags of each audio file."""
+    """Print the top tags of each audio file; long recordings get a timeline of windows.
+
+    A timeline reads the file one window at a time, so memory does not grow with the
+    recording's length. Clip-level tags of a timeline are the max over its windows.
+    """
     _quiet_libraries()
     from dass_distill.errors import UserError
     from dass_distill.inference import load_tagger
+    from dass_distill.timeline import audio_duration, tag_timeline, timeline_table, write_csv
 
+    if not window > 0 or not hop > 0 or batch_size < 1:
+        raise UserError("--window and --hop must be positive and --batch-size at least 1")
     tagger = load_tagger(model)
     results: dict[str, object] = {}
+    csv_rows: list[dict] = []
     failures = 0
     for path in audio:
         try:
+            use_timeline = timeline if timeline is not None else audio_duration(path) > window
+            if use_timeline:
+                tl = tag_timeline(tagger, path, window, hop, batch_size=batch_size)
+                console.print(timeline_table(tl, top_k))
+                results[str(path)] = tl.to_dict(top_k)
+                csv_rows += tl.csv_rows(top_k)
+                continue
             tags = tagger.tag_file(path, top_k)
         except UserError as e:
             console.print(f"[red]{e}")
             results[str(path)] = {"error": str(e)}
+            csv_rows.append({"file": str(path), "error": str(e)})
             failures += 1
             continue
         table = Table(title=str(path))
@@ -268,8 +288,11 @@ def predict(
             table.add_row(name, f"{score:.3f}")
         console.print(table)
         results[str(path)] = [{"label": n, "score": s} for n, s in tags]
+        ids = dict(zip(tagger.label_names, tagger.label_ids))
+        csv_rows += [{"file": str(path), "rank": r + 1, "label_id": ids.get(n, ""), "label": n, "score": f"{s:.6f}"}
+                     for r, (n, s) in enumerate(tags)]
     if output:
-        output.write_text(json.dumps(results, indent=2))
+        output.write_text(write_csv(csv_rows) if output.suffix.lower() == ".csv" else json.dumps(results, indent=2))
     if failures:
         raise typer.Exit(1)
 

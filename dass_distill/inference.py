@@ -28,6 +28,12 @@ class Tagger:
     label_names: list[str]
     kind: str
 
+    @classmethod
+    def from_dass(cls, module: nn.Module, fe: DassFeatureExtractor, label_ids: list[str],
+                  label_names: list[str]) -> "Tagger":
+        """A Tagger around an in-memory DASS student (no export folder needed)."""
+        return cls(module.eval(), _full_length(fe), fe, fe.sampling_rate, list(label_ids), list(label_names), "dass")
+
     @torch.inference_mode()
     def scores(self, wave: torch.Tensor) -> torch.Tensor:
         """Sigmoid class scores (C,) of one waveform at ``sample_rate``."""
@@ -52,7 +58,7 @@ def load_tagger(folder: str | Path) -> Tagger:
         if model_type == "dass":
             model, fe, config = from_pretrained(folder)
             names = [config["id2label"][str(i)] for i in range(model.config.num_classes)]
-            return Tagger(model, _full_length(fe), fe, fe.sampling_rate, config.get("label_ids", names), names, "dass")
+            return Tagger.from_dass(model, fe, config.get("label_ids", names), names)
         if model_type == "audio-spectrogram-transformer":
             teacher = ASTTeacher.from_folder(folder)
             fe = teacher.front_end.one
