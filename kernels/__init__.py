@@ -15,7 +15,13 @@ from typing import Any
 
 from .cross_scan import cross_merge, cross_merge_ref, cross_scan, cross_scan_ref
 from .linear_scan import linear_scan
-from .selective_scan import selective_scan, selective_scan_cpu, selective_scan_ref
+from .selective_scan import (
+    selective_scan,
+    selective_scan_cpu,
+    selective_scan_fused_cpu,
+    selective_scan_ref,
+    selective_scan_torch,
+)
 
 _LAZY_TRITON = ("CrossMergeTriton", "CrossScanTriton")
 
@@ -28,7 +34,9 @@ __all__ = [
     "linear_scan",
     "selective_scan",
     "selective_scan_cpu",
+    "selective_scan_fused_cpu",
     "selective_scan_ref",
+    "selective_scan_torch",
 ]
 
 

@@ -1,4 +1,4 @@
-"""Selective scan (Mamba S6) for the SS2D block: reference, fast CPU path, dispatcher.
+"""Selective scan (Mamba S6) for the SS2D block: reference, fast CPU paths, dispatcher.
 
 Layout (mamba-ssm's): ``u, delta`` ``(batch, dim, L)``; ``A`` ``(dim, N)``; ``B, C``
 ``(batch, G, N, L)`` with ``G | dim`` (channel ``d`` reads group ``d // (dim // G)``;
@@ -9,8 +9,13 @@ Layout (mamba-ssm's): ``u, delta`` ``(batch, dim, L)``; ``A`` ``(dim, N)``; ``B,
     y_t = sum_n C_t,n h_t,n + D * u_t
 
 - ``selective_scan_ref``: sequential loop over time, the oracle (mamba-ssm's algorithm).
-- ``selective_scan_cpu``: the same math as a handful of large torch ops around the
-  chunked ``linear_scan``; differentiable through torch autograd. Works on any device.
+- ``selective_scan_fused_cpu``: the fused C++ kernel (``csrc/selective_scan_cpu.cpp``,
+  built on first use), forward and backward in one pass each; any ``N``.
+- ``selective_scan_torch``: the same math as a handful of large torch ops around the
+  chunked ``linear_scan``; differentiable through torch autograd, any device, and the
+  path that tracing, ``torch.export`` and ONNX see (no custom ops in the graph).
+- ``selective_scan_cpu``: the fused kernel when it applies (eager CPU tensors, kernel
+  built), otherwise ``selective_scan_torch``.
 - ``selective_scan``: mamba-ssm's CUDA kernel for CUDA tensors when installed, otherwise
   ``selective_scan_cpu``. mamba-ssm is imported lazily and never for CPU tensors (it
   cannot even be imported without CUDA).
@@ -26,9 +31,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .linear_scan import linear_scan, promote_to_compute_dtype
+from torch.autograd.function import once_differentiable
 
-__all__ = ["selective_scan", "selective_scan_cpu", "selective_scan_ref"]
+from .cpu_extension import cpu_kernel
+from .linear_scan import linear_scan, linear_scan_static, promote_to_compute_dtype
+
+__all__ = [
+    "selective_scan",
+    "selective_scan_cpu",
+    "selective_scan_fused_cpu",
+    "selective_scan_ref",
+    "selective_scan_torch",
+]
 
 
 def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
@@ -57,6 +71,16 @@ def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> 
             )
         out.append(M)
     return out[0], out[1]
+
+
+def _graph_capture() -> bool:
+    """True while tracing, scripting, exporting or compiling: those must see torch ops only."""
+    return (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+    )
 
 
 def _dt(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool, dtype: torch.dtype) -> Tensor:
@@ -97,7 +121,7 @@ def selective_scan_ref(
     return y.to(u.dtype)
 
 
-def selective_scan_cpu(
+def selective_scan_torch(
     u: Tensor,
     delta: Tensor,
     A: Tensor,
@@ -107,7 +131,7 @@ def selective_scan_cpu(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
 ) -> Tensor:
-    """Fast pure-torch selective scan (same signature and result as ``selective_scan_ref``).
+    """Pure-torch selective scan (same signature and result as ``selective_scan_ref``).
 
     Materialises the decays ``exp(dt*A)`` and inputs ``dt*B*u`` as ``(batch, dim[, N], L)``
     and solves all ``batch*dim*N`` recurrences at once with ``linear_scan``. Groups are
@@ -123,22 +147,90 @@ def selective_scan_cpu(
     Gb, Gc = B.shape[1], C.shape[1]
     B, C = B.to(dtype), C.to(dtype)
     dtu = dt * u_c
+    # Captured graphs (export, ONNX, tracing) get the fixed-structure scan: one graph, any L.
+    scan = linear_scan_static if _graph_capture() else linear_scan
     if N == 1:
         # exp_ in place: exp's backward needs only its result, and the product is a temporary
         # (fewer fresh 25 MB buffers matter: page-faulting new memory costs as much as the op).
         dA = torch.mul(dt, A).exp_()  # A (dim, 1) broadcasts over (batch, dim, L)
         dBu = (dtu.reshape(batch, Gb, dim // Gb, L) * B).view(batch, dim, L)  # B (batch, G, 1, L)
-        h = linear_scan(dA, dBu)
+        h = scan(dA, dBu)
         y = (h.view(batch, Gc, dim // Gc, L) * C).view(batch, dim, L)
     else:
         dA = torch.mul(dt.unsqueeze(2), A.unsqueeze(-1)).exp_()  # (batch, dim, N, L)
         dBu = (dtu.reshape(batch, Gb, dim // Gb, 1, L) * B.unsqueeze(2)).view(batch, dim, N, L)
-        h = linear_scan(dA, dBu)
+        h = scan(dA, dBu)
         y = (h.view(batch, Gc, dim // Gc, N, L) * C.unsqueeze(2)).sum(3).view(batch, dim, L)
     if D is not None:
         # Out of place: y is a view, and in-place ops on views cost a full copy in backward.
         y = torch.addcmul(y, u_c, D.to(dtype)[:, None])
     return y.to(u.dtype)
+
+
+class _FusedSelectiveScanCPU(torch.autograd.Function):
+    """The C++ kernel's forward and backward (inputs contiguous, one dtype, fp32 or fp64)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):  # type: ignore[override]
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        ctx.delta_softplus = delta_softplus
+        return cpu_kernel().fwd(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):  # type: ignore[override]
+        u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
+        du, ddelta, dA, dB, dC, dD, dbias = cpu_kernel().bwd(
+            u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, gy.contiguous()
+        )
+        return du, ddelta, dA, dB, dC, dD if D is not None else None, dbias if delta_bias is not None else None, None
+
+
+def selective_scan_fused_cpu(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+) -> Tensor:
+    """The fused C++ CPU kernel (same signature and result as ``selective_scan_ref``).
+
+    Computes in fp32 (fp64 for fp64 inputs); raises ``RuntimeError`` if the kernel is
+    unavailable. Differentiable once (no double backward).
+    """
+    if cpu_kernel() is None:
+        raise RuntimeError("the fused CPU selective-scan kernel is unavailable (see the warning when it was built)")
+    B, C = _check_shapes(u, delta, A, B, C)
+    dtype = _compute_dtype(u, delta, A, B, C, D, delta_bias)
+
+    def prep(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.to(dtype).contiguous()
+
+    y = _FusedSelectiveScanCPU.apply(
+        prep(u), prep(delta), prep(A), prep(B), prep(C), prep(D), prep(delta_bias), bool(delta_softplus)
+    )
+    return y.to(u.dtype)
+
+
+def selective_scan_cpu(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+) -> Tensor:
+    """Fastest exact CPU path: the fused kernel for eager CPU tensors when it is built,
+    ``selective_scan_torch`` otherwise (other devices, tracing/export, kernel disabled)."""
+    args = (u, delta, A, B, C, D, delta_bias, delta_softplus)
+    if u.device.type == "cpu" and not _graph_capture() and cpu_kernel() is not None:
+        return selective_scan_fused_cpu(*args)
+    return selective_scan_torch(*args)
 
 
 @functools.cache
@@ -149,7 +241,7 @@ def _cuda_selective_scan_fn() -> Callable[..., Tensor] | None:
     except (ImportError, OSError) as exc:  # missing, or built without/against another CUDA
         warnings.warn(
             f"mamba-ssm's CUDA selective scan is unavailable ({exc}); using the pure-torch "
-            "selective_scan_cpu on CUDA tensors (correct but slower). Install the 'gpu' extra.",
+            "selective_scan_torch on CUDA tensors (correct but slower). Install the 'gpu' extra.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -169,8 +261,9 @@ def selective_scan(
 ) -> Tensor:
     """Selective scan dispatched on the device of ``u`` (see module docstring for shapes).
 
-    CUDA tensors go to mamba-ssm's ``selective_scan_fn`` if it imports, anything else (and
-    CUDA without mamba-ssm) to ``selective_scan_cpu``. Output is in ``u.dtype``.
+    CUDA tensors go to mamba-ssm's ``selective_scan_fn`` if it imports (else to
+    ``selective_scan_torch``); anything else to ``selective_scan_cpu``. Output is in
+    ``u.dtype``.
     """
     if u.is_cuda:
         fn = _cuda_selective_scan_fn()
@@ -186,4 +279,5 @@ def selective_scan(
                 delta_bias=None if delta_bias is None else delta_bias.float(),
                 delta_softplus=delta_softplus,
             )
+        return selective_scan_torch(u, delta, A, B, C, D, delta_bias, delta_softplus)
     return selective_scan_cpu(u, delta, A, B, C, D, delta_bias, delta_softplus)
