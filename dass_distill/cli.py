@@ -224,17 +224,30 @@ def _gpu_count() -> int:
 @app.command()
 @user_errors
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="training run folder (or one of its checkpoints)")],
-    out: Annotated[Path, typer.Option(help="folder to write the exported model to")],
+    checkpoint: Annotated[Path, typer.Argument(help="training run folder (or one of its checkpoints), or an exported student folder")],
+    out: Annotated[Path, typer.Option(help="folder to write the exported model to (may be the exported folder itself)")],
+    format: Annotated[Optional[list[str]], typer.Option("--format", "-f", help="hf (always written), onnx, pt2; repeatable or comma-separated")] = None,
     tag: Annotated[Optional[str], typer.Option(help="checkpoint tag (default: best, else latest)")] = None,
+    atol: Annotated[float, typer.Option(help="largest |logit difference| against the checkpoint that an artefact may show")] = 1e-4,
 ) -> None:
-    """Export a trained model as a Hugging Face-style folder and verify it reproduces the checkpoint."""
+    """Export a trained model as a Hugging Face-style folder, plus ONNX / torch.export files on request.
+
+    Every artefact is checked against the checkpoint on random inputs at two durations and
+    on a real clip; one that differs by more than --atol is removed and the command fails.
+    """
     _quiet_libraries()
     from dass_distill.export import export_run
 
-    report = export_run(checkpoint, out, tag)
-    console.print(f"exported {report.family} model (checkpoint '{report.tag}') to {report.folder}; "
-                  f"max |logit diff| vs checkpoint {report.max_abs_diff:.2e}")
+    report = export_run(checkpoint, out, tag, format, atol, log=lambda msg: console.print(f"[dim]{msg}"))
+    table = Table(title=f"exported {report.family} model (checkpoint '{report.tag}') to {report.folder}")
+    for col, justify in (("format", "left"), ("file", "left"), ("input", "left"), ("frames", "right"),
+                         ("max |logit diff|", "right"), ("tolerance", "right")):
+        table.add_column(col, justify=justify)
+    for c in report.checks:
+        path = report.files.get(c.format)
+        table.add_row(c.format, path.name if path and path.is_file() else str(path or ""), c.input, str(c.frames),
+                      f"{c.max_abs_diff:.2e}", f"{c.atol:g}")
+    console.print(table)
 
 
 @app.command()
@@ -248,6 +261,7 @@ def predict(
     hop: Annotated[float, typer.Option(help="start-to-start distance of the windows in seconds")] = 5.0,
     timeline: Annotated[Optional[bool], typer.Option("--timeline/--no-timeline", help="tag window by window (default: for files longer than --window)")] = None,
     batch_size: Annotated[int, typer.Option(help="windows per forward pass (memory grows with it, not with the file)")] = 1,
+    backend: Annotated[str, typer.Option(help="torch (safetensors weights), onnx (model.onnx via ONNX Runtime) or pt2 (model.pt2)")] = "torch",
 ) -> None:
     """Print the top tags of each audio file; long recordings get a timeline of windows.
 
@@ -261,7 +275,7 @@ def predict(
 
     if not window > 0 or not hop > 0 or batch_size < 1:
         raise UserError("--window and --hop must be positive and --batch-size at least 1")
-    tagger = load_tagger(model)
+    tagger = load_tagger(model, backend)
     results: dict[str, object] = {}
     csv_rows: list[dict] = []
     failures = 0
@@ -305,12 +319,13 @@ def evaluate(
     label_map: Annotated[Optional[Path], typer.Option(help="class_labels_indices.csv (default: beside the manifest)")] = None,
     batch_size: int = 16,
     output: Annotated[Optional[Path], typer.Option(help="write metrics as JSON")] = None,
+    backend: Annotated[str, typer.Option(help="torch, onnx or pt2 (which of the folder's files runs)")] = "torch",
 ) -> None:
     """mAP, d-prime and per-class AP of an exported model on a manifest."""
     _quiet_libraries()
     from dass_distill.evaluation import evaluate_tagger
 
-    result = evaluate_tagger(model, data, label_map, batch_size)
+    result = evaluate_tagger(model, data, label_map, batch_size, backend=backend)
     table = Table(title=f"{model} on {data}")
     table.add_column("class")
     table.add_column("AP", justify="right")

@@ -55,9 +55,10 @@ def score_batches(
     return Scores(ids, np.concatenate(scores), np.concatenate(targets), errors)
 
 
-def evaluate_tagger(folder, data, label_map=None, batch_size: int = 16, num_workers: int = 0) -> dict:
-    """Metrics of an exported model folder on a manifest whose labels match the model's."""
-    tagger = load_tagger(folder)
+def evaluate_tagger(folder, data, label_map=None, batch_size: int = 16, num_workers: int = 0,
+                    backend: str = "torch") -> dict:
+    """Metrics of an exported model folder (run by ``backend``) on a manifest whose labels match the model's."""
+    tagger = load_tagger(folder, backend)
     manifest = load_manifest(data, label_map)
     if list(manifest.label_map.ids) != list(tagger.label_ids):
         raise UserError(f"{folder} predicts {len(tagger.label_ids)} classes that differ from the label map of {data}")

@@ -1,20 +1,51 @@
-"""``dass-distill export``: a training checkpoint -> a self-contained, verified model folder."""
+"""``dass-distill export``: a training run (or an exported folder) -> a verified model folder.
+
+Every export writes the Hugging Face-style folder (config.json, model.safetensors,
+preprocessor_config.json, README.md model card) and, on request, graph artefacts beside
+it (``model.onnx``, ``model.pt2``). Each artefact is checked against the checkpoint's
+module on random filterbanks at two durations and on a real clip; an artefact whose
+largest |logit difference| exceeds the tolerance is deleted and the command fails
+with the numbers.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
+import torch.nn as nn
 import yaml
 
 from dass_distill import __version__
+from dass_distill.data.audio import AudioError, read_audio
 from dass_distill.errors import UserError
+from dass_distill.graph_export import GRAPH_FILES, capture, load_graph, save_graph
 from dass_distill.inference import load_tagger
-from dass_distill.students import DassFeatureExtractor, save_pretrained
+from dass_distill.students import DassFeatureExtractor, from_pretrained, load_config, save_pretrained
 from dass_distill.teachers import save_ast_folder
 from dass_distill.training.checkpoint import load_trained_model
+
+FORMATS = ("hf", *GRAPH_FILES)
+DEFAULT_ATOL = 1e-4
+
+
+@dataclass
+class Check:
+    """One verification: an input, and the largest |logit difference| it produced."""
+
+    format: str
+    input: str
+    frames: int
+    max_abs_diff: float
+    atol: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.atol
 
 
 @dataclass
@@ -22,68 +53,219 @@ class ExportReport:
     folder: Path
     family: str
     tag: str
-    max_abs_diff: float
+    files: dict[str, Path] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((c.max_abs_diff for c in self.checks), default=0.0)
 
 
-def export_run(checkpoint: str | Path, out: str | Path, tag: str | None = None, atol: float = 1e-4) -> ExportReport:
-    """Write the run's chosen checkpoint as a model folder and check it reproduces the checkpoint.
+def parse_formats(values: list[str] | None) -> list[str]:
+    """``["hf", "onnx,pt2"]`` -> ``["hf", "onnx", "pt2"]`` (``hf`` is always written)."""
+    wanted = [v.strip().lower() for item in (values or ["hf"]) for v in item.split(",") if v.strip()]
+    unknown = [v for v in wanted if v not in FORMATS]
+    if unknown:
+        raise UserError(f"unknown export format '{unknown[0]}'; choose from {', '.join(FORMATS)}")
+    return list(dict.fromkeys(["hf", *wanted]))
 
-    Students become a DASS folder (config.json, model.safetensors, preprocessor_config.json,
-    README.md); AST teachers a transformers AST folder usable as ``--teacher ast:OUT``.
+
+def export_run(
+    source: str | Path,
+    out: str | Path,
+    tag: str | None = None,
+    formats: list[str] | None = None,
+    atol: float = DEFAULT_ATOL,
+    log: Callable[[str], None] = lambda msg: None,
+) -> ExportReport:
+    """Export a training run's checkpoint, or add artefacts to an exported student folder.
+
+    ``source`` is a run folder (or one of its checkpoints), or an exported DASS folder
+    (then ``out`` may be that same folder: only the requested graph files are added).
     """
-    trained, info, run_dir, tag = load_trained_model(Path(checkpoint), tag)
-    out = Path(out)
-    lm = info.label_map
-    if info.family == "dass":
-        provenance = _provenance(run_dir, tag)
-        fe = DassFeatureExtractor(target_length=info.target_length)
-        save_pretrained(trained.module, out, fe, list(lm.ids), list(lm.names),
-                        extra={"dass_distill_version": __version__, "training": provenance})
-        (out / "README.md").write_text(_model_card(info.name, lm.names, provenance))
+    formats = parse_formats(formats)
+    source, out = Path(source), Path(out)
+    if (source / "config.json").is_file():
+        module, fe, config = from_pretrained(source)
+        family, tag, clip_sources, provenance = "dass", "exported", [], config.get("training") or {}
+        label_ids = config.get("label_ids") or [config["id2label"][str(i)] for i in range(module.config.num_classes)]
+        names = [config["id2label"][str(i)] for i in range(module.config.num_classes)]
+        target_length = fe.target_length
     else:
-        save_ast_folder(trained.module, out)
-    diff = verify_export(trained.module, out, info.target_length)
-    if diff > atol:
-        raise UserError(f"export check failed: {out} differs from the checkpoint by {diff:.3g} (> {atol:g})")
-    return ExportReport(out, info.family, tag, diff)
+        trained, info, run_dir, tag = load_trained_model(source, tag)
+        module, family, target_length = trained.module, info.family, info.target_length
+        label_ids, names = list(info.label_map.ids), list(info.label_map.names)
+        fe = DassFeatureExtractor(target_length=target_length) if family == "dass" else None
+        provenance = _provenance(run_dir, tag) if family == "dass" else {}
+        clip_sources = _manifests(run_dir)
+    module.eval()
+    if family != "dass" and set(formats) - {"hf"}:
+        raise UserError("ONNX / pt2 export is for DASS students; AST teachers export as a Hugging Face folder only")
+
+    report = ExportReport(out, family, tag)
+    same_folder = out.resolve() == source.resolve()
+    if not same_folder:
+        if family == "dass":
+            save_pretrained(module, out, fe, label_ids, names,
+                            extra={"dass_distill_version": __version__, "training": provenance})
+        else:
+            save_ast_folder(module, out)
+    report.files["hf"] = out
+
+    clip, clip_name = _real_clip(clip_sources, fe)
+    features = fe(clip, pad_to_target=False) if clip is not None else None
+    if not same_folder:
+        log("checking the Hugging Face folder")
+        reloaded = load_tagger(out)
+        # The reloaded folder's own front end makes its features: preprocessor_config.json is checked too.
+        real = (clip_name, features, reloaded.featurize(clip)) if clip is not None else None
+        # AST's positional embedding fixes its input length; DASS students take any length.
+        report.checks += _verify("hf", module, reloaded.module, target_length, real, atol, family == "dass")
+    graph_formats = [f for f in formats if f != "hf"]
+    if graph_formats:
+        log(f"capturing the graph (torch.export, dynamic batch and time) for {', '.join(graph_formats)}")
+        program = capture(module, target_length, fe.num_mel_bins)
+    for fmt in graph_formats:
+        log(f"writing and checking {GRAPH_FILES[fmt]}")
+        path = save_graph(program, out, fmt)
+        real = (clip_name, features, features) if clip is not None else None
+        checks = _verify(fmt, module, load_graph(out, fmt, module.config.num_classes), target_length, real, atol)
+        report.checks += checks
+        bad = [c for c in checks if not c.ok]
+        if bad:
+            path.unlink()
+            raise UserError(f"{fmt} export check failed, {path.name} removed: "
+                            + "; ".join(f"{c.input} ({c.frames} frames) differs by {c.max_abs_diff:.3g} > {atol:g}"
+                                        for c in bad))
+        report.files[fmt] = path
+    bad = [c for c in report.checks if not c.ok]
+    if bad:
+        c = bad[0]
+        raise UserError(f"export check failed: {out} differs from the checkpoint on {c.input} by "
+                        f"{c.max_abs_diff:.3g} (> {c.atol:g})")
+    if family == "dass":
+        _record_exports(out, report, atol)
+    return report
 
 
 @torch.inference_mode()
-def verify_export(module: torch.nn.Module, folder: Path, target_length: int, seed: int = 0) -> float:
-    """Largest |logit difference| between the checkpoint's module and the reloaded folder."""
-    tagger = load_tagger(folder)
-    g = torch.Generator().manual_seed(seed)
-    # Random features at the training length, and a random waveform through the full front end.
-    feats = torch.randn(2, target_length, 128, generator=g)
-    diff = (module.eval()(feats) - tagger.module(feats)).abs().max().item()
-    wave = torch.randn(tagger.sample_rate * 2, generator=g) * 0.1
-    clip = tagger.featurize(wave).unsqueeze(0)
-    return max(diff, (module(clip) - tagger.module(clip)).abs().max().item())
+def _verify(fmt: str, reference: nn.Module, candidate: Callable[[torch.Tensor], torch.Tensor], target_length: int,
+            real: tuple[str, torch.Tensor, torch.Tensor] | None, atol: float, any_length: bool = True) -> list[Check]:
+    """Max |logit diff| of ``candidate`` vs ``reference`` on random filterbanks (batch 2) at
+    the training length and, for models that take any length, at 2.5x it (an odd length),
+    and on a real clip (``(name, reference features, candidate features)``) when there is one."""
+    g = torch.Generator().manual_seed(0)
+    checks = []
+    for n in (target_length, target_length * 5 // 2 + 1)[: 2 if any_length else 1]:
+        feats = torch.randn(2, n, 128, generator=g)
+        checks.append(Check(fmt, "random", n, (reference(feats) - candidate(feats)).abs().max().item(), atol))
+    if real is not None:
+        name, ref_in, cand_in = real
+        diff = (reference(ref_in.unsqueeze(0)) - candidate(cand_in.unsqueeze(0))).abs().max().item()
+        checks.append(Check(fmt, name, ref_in.shape[0], diff, atol))
+    return checks
+
+
+def _manifests(run_dir: Path) -> list[Path]:
+    """The run's eval and train manifests (where a real clip for the checks comes from)."""
+    if not (run_dir / "config.yaml").is_file():
+        return []
+    data = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data", {})
+    return [Path(data[k]) for k in ("eval", "train") if data.get(k)]
+
+
+def _real_clip(manifests: list[Path], fe: DassFeatureExtractor | None) -> tuple[torch.Tensor | None, str]:
+    """The first readable clip of the manifests, else a rendered synthetic sound scene."""
+    if fe is None:
+        return None, ""
+    from dass_distill.data.manifest import load_manifest
+
+    for manifest in manifests:
+        try:
+            clips = load_manifest(manifest).clips[:20]
+        except Exception:  # a moved or deleted manifest: fall back to the next source
+            continue
+        for clip in clips:
+            try:
+                return read_audio(clip.path, fe.sampling_rate), f"clip {Path(clip.path).name}"
+            except AudioError:
+                continue
+    from dass_distill.data.synth import render_clip
+
+    wave = render_clip(np.random.default_rng(0), 4.0, fe.sampling_rate, num_events=2).waveform
+    return torch.from_numpy(wave), "synthetic 4 s scene"
+
+
+def _record_exports(folder: Path, report: ExportReport, atol: float) -> None:
+    """Note each artefact's check in config.json and the model card."""
+    config = load_config(folder)
+    exports = config.get("exports", {})
+    for fmt, path in report.files.items():
+        exports[fmt] = {
+            "file": path.name if fmt != "hf" else "model.safetensors",
+            "torch": torch.__version__.split("+")[0],
+            "max_abs_diff": max(c.max_abs_diff for c in report.checks if c.format == fmt)
+            if any(c.format == fmt for c in report.checks) else exports.get(fmt, {}).get("max_abs_diff"),
+            "atol": atol,
+            "checked_on": sorted({c.input for c in report.checks if c.format == fmt}),
+        }
+    config["exports"] = exports
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    card = folder / "README.md"
+    names = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    card.write_text(_model_card((config.get("training") or {}).get("model") or "DASS", names, config.get("training") or {}, exports))
 
 
 def _provenance(run_dir: Path, tag: str) -> dict:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-    distill = cfg.get("distill", {})
+    distill, optim, augment = cfg.get("distill", {}), cfg.get("optim", {}), cfg.get("augment", {})
+    teacher = summary.get("teacher") or {}
     return {
         "run": str(run_dir.resolve()),
         "checkpoint_tag": tag,
         "model": cfg.get("model"),
         "train_manifest": cfg.get("data", {}).get("train"),
+        "eval_manifest": cfg.get("data", {}).get("eval"),
         "cache": distill.get("cache"),
-        "teacher": (summary.get("teacher") or {}).get("name") or distill.get("teacher"),
-        "teacher_checkpoint_sha256": (summary.get("teacher") or {}).get("checkpoint_sha256"),
+        "teacher": teacher.get("name") or distill.get("teacher"),
+        "teacher_checkpoint_sha256": teacher.get("checkpoint_sha256"),
         "kd_weight": distill.get("kd_weight") if distill.get("cache") else 0.0,
         "temperature": distill.get("temperature"),
+        "recipe": {k: optim.get(k) for k in ("batch_size", "lr", "betas", "weight_decay", "warmup_steps", "epochs",
+                                              "max_steps", "lr_decay_start_epoch", "lr_decay")}
+        | {"freq_mask": augment.get("freq_mask"), "time_mask": augment.get("time_mask"),
+           "target_length": cfg.get("data", {}).get("target_length")},
         "steps": summary.get("steps"),
         "best_eval_mAP": summary.get("best_mAP"),
     }
 
 
-def _model_card(name: str, labels: tuple[str, ...], p: dict) -> str:
-    kd = f"distilled from `{p['teacher'] or 'the cached teacher'}` via `{p['cache']}` (w={p['kd_weight']}, T={p['temperature']})" \
-        if p.get("cache") else "trained on labels only"
+def _model_card(name: str, labels: list[str], p: dict, exports: dict | None = None) -> str:
+    kd = f"distilled from `{p.get('teacher') or 'the cached teacher'}` via `{p.get('cache')}` " \
+         f"(w={p.get('kd_weight')}, T={p.get('temperature')})" if p.get("cache") else "trained on labels only"
     best = f"{p['best_eval_mAP']:.4f}" if isinstance(p.get("best_eval_mAP"), float) else "n/a"
+    recipe = ", ".join(f"{k}={v}" for k, v in (p.get("recipe") or {}).items() if v is not None) or "n/a"
+    rows = "\n".join(f"| {fmt} | `{e['file']}` | {e['max_abs_diff']:.2e} | {e['atol']:g} | {', '.join(e['checked_on'])} |"
+                     for fmt, e in (exports or {}).items() if e.get("max_abs_diff") is not None)
+    files = f"""
+## Files and their checks
+
+Largest |logit difference| against the training checkpoint (export time, CPU):
+
+| format | file | max abs diff | tolerance | inputs |
+|---|---|---|---|---|
+{rows}
+""" if rows else ""
+    onnx = """
+ONNX Runtime, features from `preprocessor_config.json` (any number of frames >= 33):
+
+```python
+import onnxruntime, numpy as np
+session = onnxruntime.InferenceSession("model.onnx")
+logits = session.run(None, {"fbank": fbank.astype(np.float32)})[0]  # fbank: (batch, frames, 128)
+```
+""" if exports and "onnx" in exports else ""
     return f"""---
 library_name: dass-distill
 tags: [audio-classification, audio-tagging, state-space-model, knowledge-distillation]
@@ -94,13 +276,18 @@ A DASS (VMamba-style 2D selective-scan) student exported by dass-distill {__vers
 {kd}.
 
 - classes: {len(labels)} ({", ".join(labels[:8])}{", ..." if len(labels) > 8 else ""})
-- training run: `{p['run']}` (checkpoint `{p['checkpoint_tag']}`, {p['steps']} steps)
-- training data: `{p['train_manifest']}`
+- training run: `{p.get('run')}` (checkpoint `{p.get('checkpoint_tag')}`, {p.get('steps')} steps)
+- training data: `{p.get('train_manifest')}`; evaluation data: `{p.get('eval_manifest')}`
+- recipe: {recipe}
 - best eval mAP during training: {best}
+{files}
+## Use
 
 ```python
 from dass_distill.inference import load_tagger
-tagger = load_tagger("this/folder")
+tagger = load_tagger("this/folder")          # backend="onnx" or "pt2" for the graph files
 print(tagger.tag_file("clip.wav"))
 ```
-"""
+
+or `dass-distill predict this/folder recording.wav` (long recordings get a timeline).
+{onnx}"""

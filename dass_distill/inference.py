@@ -20,7 +20,7 @@ from dass_distill.teachers import ASTTeacher, CheckpointError
 class Tagger:
     """An exported model ready for inference: waveform -> features -> logits."""
 
-    module: nn.Module  # (B, T, F) -> (B, C) logits
+    module: Callable[[torch.Tensor], torch.Tensor]  # (B, T, F) -> (B, C) logits: nn.Module or a graph runner
     featurize: Callable[[torch.Tensor], torch.Tensor]  # (samples,) -> (T, F), every frame kept
     featurize_clip: Callable[[torch.Tensor], torch.Tensor]  # (samples,) -> (target_length, F), as in training
     sample_rate: int
@@ -47,19 +47,40 @@ class Tagger:
         return [(self.label_names[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]
 
 
-def load_tagger(folder: str | Path) -> Tagger:
-    """Load an exported student (``dass``) or AST teacher folder."""
+BACKENDS = ("torch", "onnx", "pt2")
+
+
+def load_tagger(folder: str | Path, backend: str = "torch") -> Tagger:
+    """Load an exported student (``dass``) or AST teacher folder.
+
+    ``backend``: ``torch`` runs the safetensors weights; ``onnx`` / ``pt2`` run the
+    folder's ``model.onnx`` (ONNX Runtime) or ``model.pt2`` (``torch.export``) with the
+    same front end and labels.
+    """
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
     folder = Path(folder)
     config_path = folder / "config.json"
     if not folder.is_dir() or not config_path.is_file():
         raise UserError(f"{folder} is not an exported model folder (no config.json); run 'dass-distill export' first")
-    model_type = json.loads(config_path.read_text()).get("model_type")
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise UserError(f"{config_path} is not valid JSON ({e}); re-export the model") from None
     try:
         if model_type == "dass":
             model, fe, config = from_pretrained(folder)
             names = [config["id2label"][str(i)] for i in range(model.config.num_classes)]
-            return Tagger.from_dass(model, fe, config.get("label_ids", names), names)
+            tagger = Tagger.from_dass(model, fe, config.get("label_ids", names), names)
+            if backend != "torch":
+                from dass_distill.graph_export import load_graph
+
+                tagger.module = load_graph(folder, backend, model.config.num_classes)
+                tagger.kind = f"dass-{backend}"
+            return tagger
         if model_type == "audio-spectrogram-transformer":
+            if backend != "torch":
+                raise UserError(f"{folder} is an AST teacher folder; only DASS students have {backend} files")
             teacher = ASTTeacher.from_folder(folder)
             fe = teacher.front_end.one
             return Tagger(teacher.model, fe, fe, teacher.sample_rate, teacher.label_ids,

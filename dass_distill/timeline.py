@@ -333,6 +333,8 @@ def _score_windows(tagger: Tagger, reader: WindowReader, batch_size: int, show_p
     return out
 
 
-def _device(module: torch.nn.Module) -> torch.device:
+def _device(module) -> torch.device:
+    if not isinstance(module, torch.nn.Module):  # ONNX / torch.export runners take CPU tensors
+        return torch.device("cpu")
     param = next(module.parameters(), None)
     return param.device if param is not None else torch.device("cpu")

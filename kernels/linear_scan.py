@@ -264,45 +264,67 @@ def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
     return _LinearScanFn.apply(a, b, h0)
 
 
-# linear_scan_static: chunk length and depth fixed, so the op count never depends on L.
-_STATIC_CHUNK = 64
-_STATIC_LEVELS = 4
-STATIC_MAX_LEN = _STATIC_CHUNK**_STATIC_LEVELS  # 16.7M positions (~5.8 h of audio at DASS stage 1)
+# linear_scan_static: fixed chunk length and a fixed number of doubling steps, so the
+# op count never depends on L.
+_STATIC_CHUNK = 16
+_STATIC_DOUBLINGS = 20
+STATIC_MAX_LEN = _STATIC_CHUNK * 2**_STATIC_DOUBLINGS  # 16.7M positions (~5.8 h of audio at DASS stage 1)
 
 
 def linear_scan_static(a: Tensor, b: Tensor) -> Tensor:
     """``h_t = a_t h_{t-1} + b_t`` along the last dim with a graph whose ops do not depend on ``L``.
 
     For graph capture (``torch.export``, ONNX with a dynamic time axis): ``linear_scan``
-    picks its chunking from ``L``, which ties a captured graph to one length. Here the
-    chunk length is fixed (64) and so is the depth (4 levels: chunks, chunks of chunks,
-    ...), so one graph serves every ``L`` up to ``STATIC_MAX_LEN``; sizes flow through
-    the graph symbolically. Each level unrolls 64 steps of elementwise ops on ``(M, L/64)``
-    slices. Forward only (inference); exact up to fp rounding (no logs or divisions).
+    picks its chunking from ``L``, which ties a captured graph to one length. Here every
+    size is symbolic and no branch depends on it: the sequence is padded to whole chunks
+    of 16, each chunk is scanned by 16 unrolled steps, and the chunk carries by 20
+    doubling steps (Hillis-Steele: after step j every carry includes the 2^j chunks
+    before it), built from shifts by constant amounts. One graph serves every ``L`` up
+    to ``STATIC_MAX_LEN``. Forward only (inference); exact up to fp rounding (no logs or
+    divisions), tested against ``linear_scan_ref``.
     """
     shape = torch.broadcast_shapes(a.shape, b.shape)
     dtype = promote_to_compute_dtype(a.dtype, b.dtype)
-    a2 = a.to(dtype).expand(shape).reshape(-1, shape[-1])
-    b2 = b.to(dtype).expand(shape).reshape(-1, shape[-1])
-    h = _static_level(a2, b2, _STATIC_LEVELS)
-    return h.reshape(shape).to(torch.promote_types(a.dtype, b.dtype))
-
-
-def _static_level(a: Tensor, b: Tensor, levels: int) -> Tensor:
-    K = _STATIC_CHUNK
-    M, L = b.shape
-    pad = (K - L % K) % K
-    # Padding with a = 1, b = 0 leaves the state unchanged past the end.
-    a = torch.nn.functional.pad(a, (0, pad), value=1.0).reshape(M, -1, K)
-    b = torch.nn.functional.pad(b, (0, pad)).reshape(M, -1, K)
-    hs, ps = [b[..., 0]], [a[..., 0]]
+    L = shape[-1]
+    a2 = a.to(dtype).expand(shape).reshape(-1, L)
+    b2 = b.to(dtype).expand(shape).reshape(-1, L)
+    M, K = a2.shape[0], _STATIC_CHUNK
+    # At least two chunks and K+1..2K positions of padding, whatever L: a tracer then
+    # never meets a size that might be 1 or 0 (it would specialise on either). Explicit
+    # sizes, no -1 in reshapes (that makes it guard on divisibility).
+    T = L // K + 2
+    a3 = _append(a2, 1.0, T * K - L).reshape(M, T, K)  # a = 1, b = 0 leaves the state unchanged
+    b3 = _append(b2, 0.0, T * K - L).reshape(M, T, K)
+    hs, ps = [b3[..., 0]], [a3[..., 0]]
     for k in range(1, K):
-        hs.append(a[..., k] * hs[-1] + b[..., k])  # state from a zero start at the chunk's begin
-        ps.append(ps[-1] * a[..., k])  # decay from the chunk's begin
+        hs.append(a3[..., k] * hs[-1] + b3[..., k])  # state from a zero start at the chunk's begin
+        ps.append(ps[-1] * a3[..., k])  # decay from the chunk's begin
     h, p = torch.stack(hs, -1), torch.stack(ps, -1)
-    if levels > 1:
-        # State after each chunk: the same recurrence over chunks, one level up.
-        ends = _static_level(p[..., -1], h[..., -1], levels - 1)
-        carry = torch.nn.functional.pad(ends[:, :-1], (1, 0))  # state entering each chunk
-        h = h + p * carry.unsqueeze(-1)
-    return h.reshape(M, -1)[:, :L]
+    # Chunk ends from a zero start -> true chunk ends, by doubling over the chunk axis.
+    end, decay = h[..., -1], p[..., -1]
+    chunk = torch.arange(T, device=end.device)
+    for j in range(_STATIC_DOUBLINGS):
+        s = 1 << j
+        end = decay * _shift(end, chunk, s, 0.0) + end
+        decay = decay * _shift(decay, chunk, s, 1.0)
+    carry = _shift(end, chunk, 1, 0.0)  # state entering each chunk
+    h = h + p * carry.unsqueeze(-1)
+    return h.reshape(M, T * K)[:, :L].reshape(shape).to(torch.promote_types(a.dtype, b.dtype))
+
+
+def _append(x: Tensor, value: float, n) -> Tensor:
+    """``x`` (M, L) with ``n`` columns of ``value`` appended (a concat: ONNX Runtime's Pad
+    with a symbolic width is ~100x slower than Concat)."""
+    return torch.cat([x, x.new_full((x.shape[0], n), value)], dim=-1)
+
+
+def _shift(x: Tensor, index: Tensor, s: int, value: float) -> Tensor:
+    """``x`` (M, T) moved ``s`` places right along the last dim, ``value`` filling in.
+
+    A gather from clamped positions plus a mask: every tensor keeps the size ``(M, T)``,
+    for any ``T`` (even ``T <= s``), so a tracer needs no guard and records no new
+    symbolic size (serialised graphs with many distinct size expressions load slowly).
+    ``index`` is ``arange(T)``.
+    """
+    shifted = x.index_select(-1, (index - s).clamp_min(0))
+    return torch.where(index >= s, shifted, value)

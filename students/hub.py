@@ -15,6 +15,10 @@ from .feature_extraction import DassFeatureExtractor
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "dass"
+# Version of the folder layout (config.json keys, weight names). Bumped when a change
+# would make an older reader misread a folder; readers refuse newer versions.
+FORMAT_VERSION = 1
+FORMAT_KEY = "dass_distill_format"
 
 
 class ModelFolderError(Exception):
@@ -37,6 +41,7 @@ def save_pretrained(
     config = {
         "model_type": MODEL_TYPE,
         "architectures": ["DASS"],
+        FORMAT_KEY: FORMAT_VERSION,
         **model.config.to_dict(),
         "id2label": {str(i): n for i, n in enumerate(label_names)},
         "label2id": {n: i for i, n in enumerate(label_names)},
@@ -51,13 +56,24 @@ def save_pretrained(
 
 
 def load_config(folder: str | Path) -> dict:
+    """config.json of an exported DASS folder, checked for model type and format version."""
     folder = Path(folder)
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise ModelFolderError(f"{folder} is not an exported model folder (no {CONFIG_NAME}); run 'dass-distill export'")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{path} is not valid JSON ({e}); re-export the model") from None
+    if not isinstance(config, dict):
+        raise ModelFolderError(f"{path} is not a model config (expected a JSON object); re-export the model")
     if config.get("model_type") != MODEL_TYPE:
         raise ModelFolderError(f"{folder} holds a '{config.get('model_type')}' model, not a DASS student")
+    version = config.get(FORMAT_KEY, 1)  # folders written before the key existed are version 1
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        made_by = config.get("dass_distill_version", "a newer version")
+        raise ModelFolderError(f"{folder} was exported by dass-distill {made_by} in folder format {version}; this "
+                               f"version reads format {FORMAT_VERSION} and older: upgrade dass-distill")
     return config
 
 
@@ -68,9 +84,20 @@ def from_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
     model = DASS(DassConfig.from_dict(config))
     if not (folder / WEIGHTS_NAME).is_file():
         raise ModelFolderError(f"{folder} has no {WEIGHTS_NAME}")
-    state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise ModelFolderError(f"{folder / WEIGHTS_NAME} cannot be read ({str(e).strip()[:160]}); re-export the model") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of the wrong shape
+        raise ModelFolderError(f"{folder / WEIGHTS_NAME} does not match config.json "
+                               f"({str(e).strip().splitlines()[-1].strip()[:200]})") from None
     if missing or unexpected:
         raise ModelFolderError(f"{folder / WEIGHTS_NAME} does not match config.json: first offending key "
                                f"{(missing or unexpected)[0]}")
+    from .feature_extraction import PREPROCESSOR_CONFIG
+
+    if not (folder / PREPROCESSOR_CONFIG).is_file():
+        raise ModelFolderError(f"{folder} has no {PREPROCESSOR_CONFIG} (the front end's settings); re-export the model")
     return model.eval(), DassFeatureExtractor.from_pretrained(folder), config

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dass_distill.kernels import linear_scan
-from dass_distill.kernels.linear_scan import _chunked_scan, linear_scan_ref
+from dass_distill.kernels.linear_scan import _chunked_scan, linear_scan_ref, linear_scan_static
 
 
 def _rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -161,3 +161,36 @@ def test_empty_and_mismatched() -> None:
     assert out.shape == (3, 0)
     with pytest.raises(ValueError):
         linear_scan(torch.rand(3, 5), torch.rand(3, 6))
+
+
+# --------------------------------------------------------------------------- static graph form
+@pytest.mark.parametrize("L", [1, 2, 15, 16, 17, 31, 32, 33, 1000, 4097])
+@pytest.mark.parametrize("mixed_signs", [False, True])
+def test_static_matches_sequential(L: int, mixed_signs: bool) -> None:
+    a, b, _ = _inputs((3, 4, L), mixed_signs=mixed_signs, seed=L)
+    out = linear_scan_static(a, b)
+    assert out.shape == (3, 4, L) and out.dtype == torch.float64
+    assert _rel_err(out, linear_scan_ref(a, b)) < 1e-12
+
+
+def test_static_long_sequence_and_broadcast() -> None:
+    # Many doubling steps in use (L / 16 = 12500 chunks > 2^13), and a per-channel decay.
+    L = 200_003
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(2, 1, generator=g, dtype=torch.float64) * 0.02 + 0.98
+    b = torch.randn(2, L, generator=g, dtype=torch.float64)
+    out = linear_scan_static(a, b)
+    torch.testing.assert_close(out, linear_scan(a.expand(2, L), b), rtol=1e-10, atol=1e-10)
+
+
+def test_static_one_exported_graph_serves_every_length() -> None:
+    class Scan(torch.nn.Module):
+        def forward(self, a, b):
+            return linear_scan_static(a, b)
+
+    L = torch.export.Dim.DYNAMIC
+    a, b, _ = _inputs((2, 300), mixed_signs=False, seed=0, dtype=torch.float32)
+    graph = torch.export.export(Scan(), (a, b), dynamic_shapes=({1: L}, {1: L})).module()
+    for n in (2, 16, 17, 300, 4099, 70_000):  # a multiple of 16 and lengths far from the sample
+        a, b, _ = _inputs((2, n), mixed_signs=True, seed=n, dtype=torch.float32)
+        assert _rel_err(graph(a, b), linear_scan_ref(a.double(), b.double())) < 1e-5, n
