@@ -181,6 +181,65 @@ def cache_info(path: Path) -> None:
         console.print(tt)
 
 
+@app.command("cache-check")
+@user_errors
+def cache_check(
+    cache: Annotated[Path, typer.Argument(help="HDF5 logit cache")],
+    data: Annotated[Path, typer.Option(help="manifest the cache should cover")],
+    label_map: Annotated[Optional[Path], typer.Option(help="class_labels_indices.csv (default: beside the manifest)")] = None,
+    verify: Annotated[int, typer.Option(help="rerun each teacher on this many random cached clips and compare")] = 0,
+    teacher: Annotated[Optional[list[str]], typer.Option(help="teacher spec to verify with (default: the checkpoint in the provenance); repeatable")] = None,
+    atol: Annotated[float, typer.Option(help="largest logit difference allowed beyond float16 rounding")] = 1e-3,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ... for --verify")] = "cpu",
+    show: Annotated[int, typer.Option(help="clip ids listed per gap")] = 10,
+    seed: int = 0,
+    allow_pickle: Annotated[bool, typer.Option(help="load checkpoints that need full unpickling; only for files you trust")] = False,
+    output: Annotated[Optional[Path], typer.Option(help="write the full report (every clip id) as JSON")] = None,
+) -> None:
+    """Report clips of a manifest without cached logits (and the reverse), label-map
+    mismatches, and with --verify N how far the live teacher is from the stored logits.
+
+    Exits 1 when anything does not match, so scripts can gate training on it.
+    """
+    _quiet_libraries()
+    import dataclasses
+
+    from dass_distill.cache_check import check_cache
+    from dass_distill.data.manifest import load_manifest
+
+    manifest = load_manifest(data, label_map)
+    report = check_cache(cache, manifest, verify, teacher, atol, seed, device, allow_pickle,
+                         log=lambda msg: console.print(f"[dim]{msg}"))
+    table = Table(title=f"{cache} vs {data} ({report.manifest_clips} clips)")
+    for col in ("teacher", "cached", "in manifest, no logits", "cached, not in manifest"):
+        table.add_column(col, justify="left" if col == "teacher" else "right")
+    for c in report.coverage:
+        table.add_row(c.teacher, str(c.cached), str(len(c.missing)), str(len(c.extra)))
+    console.print(table)
+    if not report.labels_match:
+        console.print(f"[red]label map differs: {report.label_problem}; re-create the cache with this label map")
+    for c in report.coverage:
+        for what, ids in (("in the manifest but without logits", c.missing), ("cached but not in the manifest", c.extra)):
+            if ids:
+                reasons = [f"{i} ({report.failed[i]})" if i in report.failed else i for i in ids[:show]]
+                console.print(f"[yellow]{c.teacher}: {len(ids)} clip(s) {what}:[/] {', '.join(reasons)}"
+                              + (" ..." if len(ids) > show else ""), soft_wrap=True)
+    if report.verifications:
+        vt = Table(title="verification against the live teacher")
+        for col in ("teacher", "clips", "max |diff|", "beyond fp16 rounding", "tolerance", "ok"):
+            vt.add_column(col, justify="left" if col == "teacher" else "right")
+        for v in report.verifications:
+            vt.add_row(v.teacher, str(len(v.clips)), f"{v.max_abs_diff:.2e}", f"{v.max_excess:.2e}", f"{v.atol:g}",
+                       "[green]yes" if v.ok else "[red]NO")
+        console.print(vt)
+    if output:
+        output.write_text(json.dumps({**dataclasses.asdict(report), "cache": str(report.cache), "ok": report.ok},
+                                     indent=2))
+    console.print("[green]cache matches the manifest" if report.ok else "[red]cache does not match (see above)")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 # --------------------------------------------------------------------------- train
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 @user_errors
