@@ -87,7 +87,8 @@ def export_run(
     source, out = Path(source), Path(out)
     if (source / "config.json").is_file():
         module, fe, config = from_pretrained(source)
-        family, tag, clip_sources, provenance = "dass", "exported", [], config.get("training") or {}
+        family, tag, provenance = "dass", "exported", config.get("training") or {}
+        clip_sources = [Path(m) for m in (provenance.get("eval_manifest"), provenance.get("train_manifest")) if m]
         label_ids = config.get("label_ids") or [config["id2label"][str(i)] for i in range(module.config.num_classes)]
         names = [config["id2label"][str(i)] for i in range(module.config.num_classes)]
         target_length = fe.target_length
@@ -110,6 +111,10 @@ def export_run(
                             extra={"dass_distill_version": __version__, "training": provenance})
         else:
             save_ast_folder(module, out)
+        for fmt, name in GRAPH_FILES.items():  # left by an earlier export: made from other weights
+            if fmt not in formats and (out / name).is_file():
+                (out / name).unlink()
+                log(f"removed {out / name} of an earlier export (it would not match the new weights)")
     report.files["hf"] = out
 
     clip, clip_name = _real_clip(clip_sources, fe)
@@ -121,6 +126,11 @@ def export_run(
         real = (clip_name, features, reloaded.featurize(clip)) if clip is not None else None
         # AST's positional embedding fixes its input length; DASS students take any length.
         report.checks += _verify("hf", module, reloaded.module, target_length, real, atol, family == "dass")
+        bad = [c for c in report.checks if not c.ok]
+        if bad:
+            c = bad[0]
+            raise UserError(f"export check failed: {out} differs from the checkpoint on {c.input} ({c.frames} "
+                            f"frames) by {c.max_abs_diff:.3g} (> {c.atol:g})")
     graph_formats = [f for f in formats if f != "hf"]
     if graph_formats:
         log(f"capturing the graph (torch.export, dynamic batch and time) for {', '.join(graph_formats)}")
@@ -138,11 +148,6 @@ def export_run(
                             + "; ".join(f"{c.input} ({c.frames} frames) differs by {c.max_abs_diff:.3g} > {atol:g}"
                                         for c in bad))
         report.files[fmt] = path
-    bad = [c for c in report.checks if not c.ok]
-    if bad:
-        c = bad[0]
-        raise UserError(f"export check failed: {out} differs from the checkpoint on {c.input} by "
-                        f"{c.max_abs_diff:.3g} (> {c.atol:g})")
     if family == "dass":
         _record_exports(out, report, atol)
     return report

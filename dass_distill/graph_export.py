@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from dass_distill.errors import UserError
 
-__all__ = ["GRAPH_FILES", "MIN_FRAMES", "OnnxGraph", "capture", "graph_files", "load_graph", "save_graph"]
+__all__ = ["GRAPH_FILES", "MIN_FRAMES", "OnnxGraph", "capture", "load_graph", "save_graph"]
 
 GRAPH_FILES = {"onnx": "model.onnx", "pt2": "model.pt2"}
 # Shortest input the captured graph is checked for: the deepest stage must keep at least
@@ -138,9 +138,3 @@ def _quiet():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def graph_files(folder: Path) -> dict[str, Path]:
-    """The graph artefacts present in ``folder``."""
-    return {fmt: Path(folder) / name for fmt, name in GRAPH_FILES.items() if (Path(folder) / name).is_file()}
-

@@ -125,6 +125,20 @@ def test_export_adds_graph_files_to_an_exported_folder_in_place(student_dir, tmp
     assert set(json.loads((folder / "config.json").read_text())["exports"]) == {"hf", "pt2"}
 
 
+def test_exporting_over_a_folder_removes_graph_files_of_other_weights(exported, student_dir, tmp_path):
+    import shutil
+
+    from dass_distill.export import export_run
+
+    out = tmp_path / "model"
+    shutil.copytree(exported[0], out)  # holds model.onnx / model.pt2 from an earlier export
+    messages = []
+    export_run(student_dir, out, log=messages.append)  # hf only
+    assert not (out / "model.onnx").exists() and not (out / "model.pt2").exists()
+    assert sum("removed" in m for m in messages) == 2
+    assert set(json.loads((out / "config.json").read_text())["exports"]) == {"hf"}
+
+
 def test_export_fails_and_removes_an_artefact_outside_tolerance(student_dir, tmp_path):
     from dass_distill.export import export_run
 
