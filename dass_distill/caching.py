@@ -66,6 +66,7 @@ def build_cache(
     num_workers: int = 2,
     device: str | torch.device = "cpu",
     command: str | None = None,
+    layout: str = "chunked",
 ) -> CacheReport:
     """Write each teacher's logits for every readable clip of ``manifest`` to ``out``.
 
@@ -94,6 +95,7 @@ def build_cache(
         out, manifest.ids, list(lm.ids), list(lm.names), provenance,
         command=command if command is not None else shlex.join(["dass-distill", *sys.argv[1:]]),
         toolkit_version=__version__,
+        **({"layout": "contiguous", "compression": None} if layout == "contiguous" else {}),
     ) as writer, make_progress() as progress:
         for teacher in teachers:
             teacher.to(device).eval()

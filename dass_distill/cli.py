@@ -112,6 +112,7 @@ def cache(
     long_clips: Annotated[str, typer.Option(help="clips longer than a teacher's window: 'windows' (overlapping windows, logits averaged) or 'truncate' (first window)")] = "windows",
     hop_seconds: Annotated[float, typer.Option(help="start-to-start distance of the windows for long clips")] = 5.0,
     allow_pickle: Annotated[bool, typer.Option(help="load checkpoints that need full unpickling; only for files you trust")] = False,
+    layout: Annotated[str, typer.Option(help="'chunked' (LZF-compressed chunks) or 'contiguous' (uncompressed, memory-mapped random reads: fastest for training)")] = "contiguous",
     overwrite: bool = False,
 ) -> None:
     """Run teachers over a manifest once and store their logits in an HDF5 cache.
@@ -136,7 +137,10 @@ def cache(
     manifest = load_manifest(data, label_map)
     teachers = [load_teacher(spec, allow_pickle=allow_pickle, clip_policy=policy) for spec in teacher]
     dev = ("cuda" if _cuda() else "cpu") if device == "auto" else device
-    report = build_cache(teachers, manifest, out, batch_size=batch_size, num_workers=num_workers, device=dev)
+    if layout not in ("chunked", "contiguous"):
+        raise UserError(f"--layout must be 'chunked' or 'contiguous', not '{layout}'")
+    report = build_cache(teachers, manifest, out, batch_size=batch_size, num_workers=num_workers, device=dev,
+                         layout=layout)
     written = ", ".join(f"{k}: {v}" for k, v in report.written.items())
     console.print(f"wrote {out}: {report.clips} clips in manifest; logits written ({written}); "
                   f"{len(report.failed)} failed")

@@ -15,7 +15,7 @@ def summarize(reader: LogitCacheReader) -> dict[str, Any]:
     Keys: ``path``, ``format``, ``format_version``, ``toolkit_version``, ``created_utc``,
     ``command``, ``rows``, ``num_classes``, ``file_bytes``, ``failed`` (count), and
     ``teachers``: one dict per teacher with ``written``, ``failed`` (failed clips not
-    written for it), ``missing`` (neither written nor failed), ``dtype``, ``chunk_shape``,
+    written for it), ``missing`` (neither written nor failed), ``dtype``, ``chunk_shape``, ``layout``,
     ``compression``, ``compression_opts``, ``bytes_on_disk`` (logits dataset storage),
     ``bytes_per_row`` (on disk per written row; None if none written), ``members`` and
     ``provenance``.
@@ -36,6 +36,7 @@ def summarize(reader: LogitCacheReader) -> dict[str, Any]:
             "missing": rows - written - failed_unwritten,
             "dtype": storage["dtype"],
             "chunk_shape": list(storage["chunks"]) if storage["chunks"] else None,
+            "layout": storage["layout"],
             "compression": storage["compression"],
             "compression_opts": storage["compression_opts"],
             "bytes_on_disk": storage["storage_bytes"],

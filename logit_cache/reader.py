@@ -59,14 +59,19 @@ class LogitCacheReader:
             self._members: dict[str, list[str]] = {}
             self._written: dict[str, np.ndarray] = {}
             self._chunk_rows: dict[str, int] = {}
+            self._offsets: dict[str, int] = {}  # file offsets of contiguous logits
             for name, g in f[fmt.TEACHERS].items():
                 self._teachers.append(name)
                 self._provenance[name] = json.loads(_plain(g.attrs[fmt.ATTR_PROVENANCE]))
                 self._members[name] = list(json.loads(_plain(g.attrs[fmt.ATTR_MEMBERS])))
                 self._written[name] = g[fmt.WRITTEN][()].astype(bool)
-                chunks = g[fmt.LOGITS].chunks
-                # A contiguous (unchunked) dataset is legal HDF5; read it in blocks of 256 rows.
-                self._chunk_rows[name] = int(chunks[0]) if chunks else 256
+                ds = g[fmt.LOGITS]
+                # A contiguous (unchunked) dataset is one block of the file: memory-mapped by
+                # get() when allocated; otherwise read in blocks of 256 rows.
+                self._chunk_rows[name] = int(ds.chunks[0]) if ds.chunks else 256
+                offset = ds.id.get_offset() if ds.chunks is None else None
+                if offset is not None and ds.dtype == np.float16:
+                    self._offsets[name] = int(offset)
         except (OSError, KeyError, ValueError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise fmt.CacheFormatError(
@@ -84,6 +89,7 @@ class LogitCacheReader:
         self._pid: int | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
         self._lru: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._maps: dict[str, np.memmap] = {}
 
     # -- pickling / handles --------------------------------------------------------
 
@@ -93,6 +99,7 @@ class LogitCacheReader:
         state["_pid"] = None
         state["_datasets"] = {}
         state["_lru"] = OrderedDict()
+        state["_maps"] = {}
         state["_index"] = None  # rebuilt on demand; keeps the pickle small for big caches
         return state
 
@@ -125,6 +132,7 @@ class LogitCacheReader:
         self._pid = None
         self._datasets = {}
         self._lru.clear()
+        self._maps = {}
 
     def __enter__(self) -> LogitCacheReader:
         return self
@@ -244,6 +252,7 @@ class LogitCacheReader:
             "dtype": str(ds.dtype),
             "shape": tuple(ds.shape),
             "chunks": tuple(ds.chunks) if ds.chunks else None,
+            "layout": "chunked" if ds.chunks else "contiguous (memory-mapped reads)",
             "compression": ds.compression,
             "compression_opts": ds.compression_opts,
             "storage_bytes": int(ds.id.get_storage_size()),
@@ -305,6 +314,12 @@ class LogitCacheReader:
         out = np.empty((len(rows), self.num_classes), dtype=np.float32)
         if len(rows) == 0:
             return out
+        if name in self._offsets:
+            # Contiguous: gather straight from the page cache through a read-only memory map
+            # (no copy of the file is held), in row order for locality.
+            order = np.argsort(rows, kind="stable")
+            out[order] = self._map(name)[rows[order]]
+            return out
         ds = self._logits(name)
         cr = self._chunk_rows[name]
         # Group the requested rows by chunk; read each touched chunk once (whole, one
@@ -318,6 +333,19 @@ class LogitCacheReader:
             sel = order[a:b]
             out[sel] = self._chunk(name, ds, chunk)[rows[sel] - chunk * cr]
         return out
+
+    def _map(self, teacher: str) -> np.memmap:
+        m = self._maps.get(teacher)
+        if m is None:
+            # A read-only shared mapping stays valid across fork; spawn pickles it away.
+            try:
+                m = np.memmap(self._path, dtype=np.float16, mode="r", offset=self._offsets[teacher],
+                              shape=(len(self._clip_ids), self.num_classes))
+            except (OSError, ValueError) as e:  # e.g. a file truncated after it was opened
+                raise fmt.CacheFormatError(f"{self._path}: cannot map teacher {teacher!r}'s logits ({e}); the "
+                                           "file is damaged, re-create it with `dass-distill cache`") from None
+            self._maps[teacher] = m
+        return m
 
     def __repr__(self) -> str:
         return (

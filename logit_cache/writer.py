@@ -80,6 +80,7 @@ class LogitCacheWriter:
         toolkit_version: str = "",
         compression: str | None = "lzf",
         chunk_rows: int | None = None,
+        layout: str = "chunked",
     ) -> None:
         self.path = Path(os.fspath(path))
         self.partial_path = Path(os.fspath(path) + fmt.PARTIAL_SUFFIX)
@@ -121,6 +122,10 @@ class LogitCacheWriter:
             compression = None
         if compression not in _COMPRESSIONS:
             raise ValueError(f"compression must be one of 'lzf', 'gzip', 'none' or None; got {compression!r}")
+        if layout not in ("chunked", "contiguous"):
+            raise ValueError(f"layout must be 'chunked' or 'contiguous'; got {layout!r}")
+        if layout == "contiguous" and compression is not None:
+            raise ValueError("a contiguous layout cannot be compressed; pass compression=None (or 'none')")
         n, c = len(clips), len(lids)
         if chunk_rows is None:
             chunk_rows = default_chunk_rows(n, c)
@@ -165,9 +170,8 @@ class LogitCacheWriter:
                     fmt.LOGITS,
                     shape=(n, c),
                     dtype=np.float16,
-                    chunks=(chunk_rows, c),
                     fillvalue=np.float16(np.nan),
-                    **copts,
+                    **({"chunks": (chunk_rows, c), **copts} if layout == "chunked" else {}),
                 )
                 self._written_ds[name] = g.create_dataset(
                     fmt.WRITTEN,
@@ -182,6 +186,7 @@ class LogitCacheWriter:
             raise
         self.chunk_rows = chunk_rows
         self.compression = compression
+        self.layout = layout
 
     # -- properties --------------------------------------------------------------
 

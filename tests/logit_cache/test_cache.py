@@ -51,7 +51,7 @@ PROV = {
 }
 
 
-def make_cache(path, rng, *, teachers=None, chunk_rows=CHUNK, compression="lzf", n=N):
+def make_cache(path, rng, *, teachers=None, chunk_rows=CHUNK, compression="lzf", n=N, layout="chunked"):
     """Write a complete cache (rows in shuffled batches); return {teacher: logits}."""
     ids = clip_ids(n)
     teachers = teachers or {"ast": PROV}
@@ -59,7 +59,7 @@ def make_cache(path, rng, *, teachers=None, chunk_rows=CHUNK, compression="lzf",
     lids, lnames = labels()
     with LogitCacheWriter(
         path, ids, lids, lnames, teachers, command="dass-distill cache --x 1", toolkit_version="9.9",
-        compression=compression, chunk_rows=chunk_rows,
+        compression=compression, chunk_rows=chunk_rows, layout=layout,
     ) as w:
         for t, x in data.items():
             perm = rng.permutation(n)
@@ -448,7 +448,9 @@ class _CacheDataset:
 
     def __getitem__(self, i):
         row = self.reader.get([self.ids[i]])[0]
-        assert self.reader._pid == os.getpid()  # each worker uses its own handle
+        # each worker uses its own HDF5 handle; a contiguous cache's read-only memory map is
+        # valid in a forked child and rebuilt in a spawned one
+        assert self.reader._pid == os.getpid() or self.reader._maps
         return row, os.getpid()
 
 
@@ -457,16 +459,17 @@ class _CacheDataset:
     [pytest.param(m, marks=pytest.mark.skipif(m not in mp.get_all_start_methods(), reason=f"{m} not available"))
      for m in ("fork", "spawn")],
 )
-def test_dataloader_workers(tmp_path, start_method):
+@pytest.mark.parametrize("layout", ["chunked", "contiguous"])
+def test_dataloader_workers(tmp_path, start_method, layout):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(15)
     path = tmp_path / "c.h5"
-    make_cache(path, rng, teachers={"ast": PROV})
+    make_cache(path, rng, teachers={"ast": PROV}, layout=layout, compression="lzf" if layout == "chunked" else None)
     ids = clip_ids()
     order = [ids[i] for i in rng.permutation(N)]
     r = LogitCacheReader(path)
-    direct = r.get(order)  # the parent opens a handle before the workers start
-    assert r._file is not None
+    direct = r.get(order)  # the parent opens a handle (or a memory map) before the workers start
+    assert (r._file is not None) if layout == "chunked" else ("ast" in r._maps)
     loader = torch.utils.data.DataLoader(
         _CacheDataset(r, order), batch_size=4, num_workers=2,
         multiprocessing_context=start_method, shuffle=False,
@@ -479,3 +482,46 @@ def test_dataloader_workers(tmp_path, start_method):
     assert os.getpid() not in pids and len(pids) == 2
     # The parent's handle still works after the workers are gone.
     np.testing.assert_array_equal(r.get(order[:5]), direct[:5])
+
+
+# --------------------------------------------------------------------------- contiguous layout
+def test_contiguous_layout_is_memory_mapped_and_exact(tmp_path):
+    rng = np.random.default_rng(21)
+    path = tmp_path / "c.h5"
+    data = make_cache(path, rng, teachers={"ast": PROV, "htsat": PROV}, compression=None, layout="contiguous")
+    with h5py.File(path, "r") as f:
+        ds = f["teachers/ast/logits"]
+        assert ds.chunks is None and ds.compression is None and ds.id.get_offset() is not None
+    r = LogitCacheReader(path)
+    ids = clip_ids()
+    order = [ids[i] for i in rng.permutation(N)] + [ids[3], ids[3]]  # any order, repeats allowed
+    for t in ("ast", "htsat"):
+        expected = fp16(data[t])[[ids.index(c) for c in order]]
+        np.testing.assert_array_equal(r.get(order, t), expected)
+    assert set(r._maps) == {"ast", "htsat"} and r._file is None  # gathered from the maps, HDF5 never opened
+    assert r.storage_info("ast")["layout"] == "contiguous (memory-mapped reads)"
+    r2 = pickle.loads(pickle.dumps(r))  # spawn-style hand-off: maps are not pickled, rebuilt on use
+    assert r2._maps == {}
+    np.testing.assert_array_equal(r2.get(order, "ast"), r.get(order, "ast"))
+
+
+def test_contiguous_layout_with_unwritten_rows_and_errors(tmp_path):
+    rng = np.random.default_rng(22)
+    path = tmp_path / "c.h5"
+    ids = clip_ids()
+    x = random_logits(rng)
+    lids, lnames = labels()
+    with pytest.raises(ValueError, match="contiguous layout cannot be compressed"):
+        LogitCacheWriter(path, ids, lids, lnames, {"ast": PROV}, layout="contiguous")
+    with pytest.raises(ValueError, match="layout must be"):
+        LogitCacheWriter(path, ids, lids, lnames, {"ast": PROV}, layout="sparse")
+    with LogitCacheWriter(path, ids, lids, lnames, {"ast": PROV, "htsat": PROV}, compression=None,
+                          layout="contiguous") as w:
+        w.write("ast", ids[:10], x[:10])  # htsat: nothing written, its block is never allocated
+    r = LogitCacheReader(path)
+    np.testing.assert_array_equal(r.get(ids[:10], "ast"), fp16(x[:10]))
+    with pytest.raises(KeyError, match="never written"):
+        r.get(ids[9:11], "ast")
+    with pytest.raises(KeyError, match="never written"):
+        r.get(ids[:1], "htsat")
+    assert "htsat" not in r._offsets
