@@ -12,7 +12,8 @@ import torch.nn as nn
 
 from dass_distill.data.audio import read_audio
 from dass_distill.errors import UserError
-from dass_distill.students import DassFeatureExtractor, ModelFolderError, from_pretrained
+from dass_distill.students import (DassFeatureExtractor, ModelFolderError, from_pretrained, load_config,
+                                   load_feature_extractor)
 from dass_distill.teachers import ASTTeacher, CheckpointError
 
 
@@ -69,15 +70,17 @@ def load_tagger(folder: str | Path, backend: str = "torch") -> Tagger:
         raise UserError(f"{config_path} is not valid JSON ({e}); re-export the model") from None
     try:
         if model_type == "dass":
-            model, fe, config = from_pretrained(folder)
-            names = [config["id2label"][str(i)] for i in range(model.config.num_classes)]
-            tagger = Tagger.from_dass(model, fe, config.get("label_ids", names), names)
-            if backend != "torch":
-                from dass_distill.graph_export import load_graph
+            if backend == "torch":
+                model, fe, config = from_pretrained(folder)
+                names = [config["id2label"][str(i)] for i in range(model.config.num_classes)]
+                return Tagger.from_dass(model, fe, config.get("label_ids", names), names)
+            from dass_distill.graph_export import load_graph
 
-                tagger.module = load_graph(folder, backend, model.config.num_classes)
-                tagger.kind = f"dass-{backend}"
-            return tagger
+            # A graph file needs only the configs beside it, not the safetensors weights.
+            config, fe = load_config(folder), load_feature_extractor(folder)
+            names = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+            return Tagger(load_graph(folder, backend, len(names)), _full_length(fe), fe, fe.sampling_rate,
+                          list(config.get("label_ids", names)), names, f"dass-{backend}")
         if model_type == "audio-spectrogram-transformer":
             if backend != "torch":
                 raise UserError(f"{folder} is an AST teacher folder; only DASS students have {backend} files")

@@ -96,8 +96,18 @@ def from_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
     if missing or unexpected:
         raise ModelFolderError(f"{folder / WEIGHTS_NAME} does not match config.json: first offending key "
                                f"{(missing or unexpected)[0]}")
+    return model.eval(), load_feature_extractor(folder), config
+
+
+def load_feature_extractor(folder: str | Path) -> DassFeatureExtractor:
+    """The front end of an exported folder (``preprocessor_config.json``)."""
     from .feature_extraction import PREPROCESSOR_CONFIG
 
+    folder = Path(folder)
     if not (folder / PREPROCESSOR_CONFIG).is_file():
         raise ModelFolderError(f"{folder} has no {PREPROCESSOR_CONFIG} (the front end's settings); re-export the model")
-    return model.eval(), DassFeatureExtractor.from_pretrained(folder), config
+    try:
+        return DassFeatureExtractor.from_pretrained(folder)
+    except (ValueError, TypeError) as e:
+        raise ModelFolderError(f"{folder / PREPROCESSOR_CONFIG} is not a valid front-end config ({e}); "
+                               f"re-export the model") from None

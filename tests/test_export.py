@@ -215,3 +215,19 @@ def test_missing_onnx_runtime_names_the_extra(exported, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     with pytest.raises(UserError, match=r"onnxruntime missing\): install the ONNX extra: pip install 'dass-distill\[onnx\]'"):
         load_tagger(exported[0], "onnx")
+
+
+def test_graph_backends_need_only_the_configs_beside_the_graph(exported, tmp_path):
+    import shutil
+
+    from dass_distill.inference import load_tagger
+
+    folder = tmp_path / "onnx_only"
+    folder.mkdir()
+    for name in ("config.json", "preprocessor_config.json", "model.onnx"):
+        shutil.copy(exported[0] / name, folder / name)
+    tagger = load_tagger(folder, "onnx")  # no model.safetensors: a deployment that ships the graph only
+    wave = torch.zeros(SR * 3)
+    torch.testing.assert_close(tagger.scores(wave), load_tagger(exported[0]).scores(wave), atol=1e-5, rtol=0)
+    with pytest.raises(UserError, match="has no model.safetensors"):
+        load_tagger(folder)
