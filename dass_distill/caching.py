@@ -66,7 +66,7 @@ def build_cache(
     num_workers: int = 2,
     device: str | torch.device = "cpu",
     command: str | None = None,
-    layout: str = "chunked",
+    layout: str = "contiguous",
 ) -> CacheReport:
     """Write each teacher's logits for every readable clip of ``manifest`` to ``out``.
 
@@ -74,6 +74,7 @@ def build_cache(
     reported; the file appears at ``out`` only when every teacher has finished. An
     ensemble's members are stored as teachers of their own, each recording the
     ensemble in its provenance, so the combination stays a training-time choice.
+    ``layout``: ``contiguous`` (memory-mapped random reads) or ``chunked`` (LZF chunks).
     """
     teachers, ensemble_of = expand_teachers(teachers)
     names = [t.name for t in teachers]
