@@ -88,7 +88,6 @@ def export_run(
     if (source / "config.json").is_file():
         module, fe, config = from_pretrained(source)
         family, tag, provenance = "dass", "exported", config.get("training") or {}
-        clip_sources = [Path(m) for m in (provenance.get("eval_manifest"), provenance.get("train_manifest")) if m]
         label_ids = config.get("label_ids") or [config["id2label"][str(i)] for i in range(module.config.num_classes)]
         names = [config["id2label"][str(i)] for i in range(module.config.num_classes)]
         target_length = fe.target_length
@@ -98,7 +97,6 @@ def export_run(
         label_ids, names = list(info.label_map.ids), list(info.label_map.names)
         fe = DassFeatureExtractor(target_length=target_length) if family == "dass" else None
         provenance = _provenance(run_dir, tag) if family == "dass" else {}
-        clip_sources = _manifests(run_dir)
     module.eval()
     if family != "dass" and set(formats) - {"hf"}:
         raise UserError("ONNX / pt2 export is for DASS students; AST teachers export as a Hugging Face folder only")
@@ -117,6 +115,8 @@ def export_run(
                 log(f"removed {out / name} of an earlier export (it would not match the new weights)")
     report.files["hf"] = out
 
+    # The real clip comes from the manifests the provenance records (run or exported folder).
+    clip_sources = [Path(m) for m in (provenance.get("eval_manifest"), provenance.get("train_manifest")) if m]
     clip, clip_name = _real_clip(clip_sources, fe)
     features = fe(clip, pad_to_target=False) if clip is not None else None
     if not same_folder:
@@ -171,14 +171,6 @@ def _verify(fmt: str, reference: nn.Module, candidate: Callable[[torch.Tensor], 
     return checks
 
 
-def _manifests(run_dir: Path) -> list[Path]:
-    """The run's eval and train manifests (where a real clip for the checks comes from)."""
-    if not (run_dir / "config.yaml").is_file():
-        return []
-    data = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data", {})
-    return [Path(data[k]) for k in ("eval", "train") if data.get(k)]
-
-
 def _real_clip(manifests: list[Path], fe: DassFeatureExtractor | None) -> tuple[torch.Tensor | None, str]:
     """The first readable clip of the manifests, else a rendered synthetic sound scene."""
     if fe is None:
@@ -205,14 +197,15 @@ def _record_exports(folder: Path, report: ExportReport, atol: float) -> None:
     """Note each artefact's check in config.json and the model card."""
     config = load_config(folder)
     exports = config.get("exports", {})
-    for fmt, path in report.files.items():
+    # Only what this run checked is (re)recorded: an in-place export keeps earlier entries.
+    for fmt in dict.fromkeys(c.format for c in report.checks):
+        checks = [c for c in report.checks if c.format == fmt]
         exports[fmt] = {
-            "file": path.name if fmt != "hf" else "model.safetensors",
+            "file": report.files[fmt].name if fmt != "hf" else "model.safetensors",
             "torch": torch.__version__.split("+")[0],
-            "max_abs_diff": max(c.max_abs_diff for c in report.checks if c.format == fmt)
-            if any(c.format == fmt for c in report.checks) else exports.get(fmt, {}).get("max_abs_diff"),
+            "max_abs_diff": max(c.max_abs_diff for c in checks),
             "atol": atol,
-            "checked_on": sorted({c.input for c in report.checks if c.format == fmt}),
+            "checked_on": sorted({c.input for c in checks}),
         }
     config["exports"] = exports
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")

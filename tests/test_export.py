@@ -118,11 +118,16 @@ def test_export_adds_graph_files_to_an_exported_folder_in_place(student_dir, tmp
 
     folder = tmp_path / "model"
     shutil.copytree(student_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    earlier = {"file": "model.safetensors", "torch": "2.0", "max_abs_diff": 0.0, "atol": 1e-4, "checked_on": ["random"]}
+    (folder / "config.json").write_text(json.dumps({**config, "exports": {"hf": earlier}}))
     before = (folder / "model.safetensors").read_bytes()
     report = export_run(folder, folder, formats=["pt2"])
     assert (folder / "model.pt2").is_file() and (folder / "model.safetensors").read_bytes() == before
     assert {c.format for c in report.checks} == {"pt2"} and len(report.checks) == 3
-    assert set(json.loads((folder / "config.json").read_text())["exports"]) == {"hf", "pt2"}
+    exports = json.loads((folder / "config.json").read_text())["exports"]
+    # the earlier hf record is kept as it was (not re-stamped: this run did not check the weights)
+    assert set(exports) == {"hf", "pt2"} and exports["hf"] == earlier
 
 
 def test_exporting_over_a_folder_removes_graph_files_of_other_weights(exported, student_dir, tmp_path):
