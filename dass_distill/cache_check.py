@@ -107,7 +107,7 @@ def _verify(reader: LogitCacheReader, manifest: Manifest, n: int, specs: list[st
     out = []
     for name, teacher in live.items():
         # Only clips that have logits and that the manifest can locate can be rerun.
-        candidates = [c for c in reader.clip_ids if c in paths and reader.has_logits(c, name)]
+        candidates = [c for c, have in zip(reader.clip_ids, reader.written(name)) if have and c in paths]
         if not candidates:
             raise UserError(f"no clip of the manifest has logits from teacher '{name}' in {reader.path}; "
                             f"nothing to verify")
