@@ -113,37 +113,78 @@ def cache(
     hop_seconds: Annotated[float, typer.Option(help="start-to-start distance of the windows for long clips")] = 5.0,
     allow_pickle: Annotated[bool, typer.Option(help="load checkpoints that need full unpickling; only for files you trust")] = False,
     layout: Annotated[str, typer.Option(help="'chunked' (LZF-compressed chunks) or 'contiguous' (uncompressed, memory-mapped random reads: fastest for training)")] = "contiguous",
+    storage: Annotated[str, typer.Option(help="'dense' (every logit, fp16) or 'topk:K' (K largest logits + one value for the rest; topk:20 is 83 bytes per view with replay)")] = "dense",
+    views: Annotated[int, typer.Option(help="augmented views per clip, replayed exactly by training (0 = the whole clip, no augmentation)")] = 0,
+    view_mixup: Annotated[float, typer.Option(help="probability that a view mixes in another clip")] = 0.5,
+    view_mixup_alpha: Annotated[float, typer.Option(help="mixup weight lambda ~ Beta(alpha, alpha)")] = 10.0,
+    view_freq_mask: Annotated[int, typer.Option(help="SpecAugment frequency mask width limit (mel bins)")] = 48,
+    view_time_mask: Annotated[int, typer.Option(help="SpecAugment time mask width limit (10 ms frames)")] = 192,
+    view_shift: Annotated[int, typer.Option(help="largest circular time shift (10 ms frames)")] = 0,
+    view_gain_db: Annotated[float, typer.Option(help="largest gain change (dB)")] = 0.0,
+    view_seed: int = 0,
+    target_frames: Annotated[int, typer.Option(help="student input length in frames; a view is this much audio")] = 1024,
+    block_clips: Annotated[int, typer.Option(help="clips per block: the unit of work, of resuming and of sharding")] = 512,
+    procs: Annotated[int, typer.Option(help="start this many processes with torchrun (one per GPU, or CPU workers); "
+                                            "or run the command under torchrun / deepspeed yourself")] = 1,
     overwrite: bool = False,
 ) -> None:
     """Run teachers over a manifest once and store their logits in an HDF5 cache.
 
     Each teacher sees the audio at its own sample rate through its own front end; the
     long-clip policy and everything else that shaped the logits is kept as provenance.
+    Interrupted runs resume: rerun the same command (finished blocks are kept in OUT.parts/).
     """
     _quiet_libraries()
+    from dass_distill.errors import UserError
+
+    if procs > 1 and "WORLD_SIZE" not in os.environ:
+        from dass_distill.training.distributed import relaunch_with_torchrun
+
+        relaunch_with_torchrun(_without_option(sys.argv[1:], "--procs"), procs)
+    if procs < 1:
+        raise UserError(f"--procs must be at least 1, got {procs}")
     from dass_distill.caching import build_cache
     from dass_distill.data.manifest import load_manifest
-    from dass_distill.errors import UserError
-    from dass_distill.teachers import load_teacher
+    from dass_distill.data.views import ViewSpec
+    from dass_distill.teachers import ClipPolicy, load_teacher
 
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite or choose another --out")
-    from dass_distill.teachers import ClipPolicy
-
     try:
         policy = ClipPolicy(long=long_clips, hop_seconds=hop_seconds)
+        spec = ViewSpec(count=views, seed=view_seed, mixup=view_mixup, mixup_alpha=view_mixup_alpha,
+                        freq_mask=view_freq_mask, time_mask=view_time_mask, max_shift_frames=view_shift,
+                        max_gain_db=view_gain_db, target_frames=target_frames) if views else None
     except ValueError as e:
         raise UserError(str(e)) from None
+    if views < 0:
+        raise UserError(f"--views must be 0 (whole clips) or a positive count, got {views}")
     manifest = load_manifest(data, label_map)
-    teachers = [load_teacher(spec, allow_pickle=allow_pickle, clip_policy=policy) for spec in teacher]
+    teachers = [load_teacher(spec_, allow_pickle=allow_pickle, clip_policy=policy) for spec_ in teacher]
     dev = ("cuda" if _cuda() else "cpu") if device == "auto" else device
     if layout not in ("chunked", "contiguous"):
         raise UserError(f"--layout must be 'chunked' or 'contiguous', not '{layout}'")
     report = build_cache(teachers, manifest, out, batch_size=batch_size, num_workers=num_workers, device=dev,
-                         layout=layout)
+                         layout=layout, views=spec, storage=storage, block_clips=block_clips)
+    if not report.written:
+        return  # a worker rank: rank 0 merged and reports
     written = ", ".join(f"{k}: {v}" for k, v in report.written.items())
+    resumed = f"; {report.resumed_blocks} blocks reused from an interrupted run" if report.resumed_blocks else ""
     console.print(f"wrote {out}: {report.clips} clips in manifest; logits written ({written}); "
-                  f"{len(report.failed)} failed")
+                  f"{len(report.failed)} failed{resumed}")
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE`` (the launcher re-runs the rest)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
 
 
 @app.command("cache-info")

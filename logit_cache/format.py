@@ -15,9 +15,9 @@ import h5py
 import numpy as np
 
 FORMAT_NAME = "dass-distill-logit-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Format versions this code can read. A newer file is refused, never guessed at.
-SUPPORTED_VERSIONS = (1,)
+SUPPORTED_VERSIONS = (1, 2)
 
 # Root attributes.
 ATTR_FORMAT = "format"
@@ -33,12 +33,30 @@ LABEL_NAMES = "label_map/name"
 TEACHERS = "teachers"
 LOGITS = "logits"  # /teachers/<name>/logits
 WRITTEN = "written"  # /teachers/<name>/written
+VIEWS = "views"  # group; attributes count and augment
+VIEW_PARAMS = "views/params"  # (N, V) compound, present when the views are augmented
 FAILED_ID = "failed/id"
 FAILED_REASON = "failed/reason"
 
 # Teacher group attributes.
 ATTR_PROVENANCE = "provenance"
 ATTR_MEMBERS = "members"
+ATTR_STORAGE = "storage"  # version 2: JSON, {"kind": "dense"} or {"kind": "topk", "k": K}
+# /views attributes (version 2).
+ATTR_VIEW_COUNT = "count"
+ATTR_AUGMENT = "augment"
+
+#: Replay parameters of one augmented view, 16 bytes (FORMAT.md, "Views").
+VIEW_PARAMS_DTYPE = np.dtype([
+    ("partner", "<i4"),     # row in /clips/id of the mixup partner; -1 = no mixup
+    ("lam", "<f2"),         # weight of the clip itself in the mix (1 without mixup)
+    ("gain_db", "<f2"),     # gain applied to the (mixed) waveform, dB
+    ("shift", "<i2"),       # circular shift of the waveform, in 10 ms frames (positive = later)
+    ("freq_start", "u1"),   # frequency mask: first bin on the 128-bin Kaldi grid
+    ("freq_width", "u1"),   # 0 = no frequency mask
+    ("time_start", "<u2"),  # time mask: first 10 ms frame
+    ("time_width", "<u2"),  # 0 = no time mask
+])
 
 #: Suffix of the file a writer fills before the atomic rename to the final path.
 PARTIAL_SUFFIX = ".partial"
@@ -114,7 +132,8 @@ def validate(f: h5py.File, path: str) -> None:
         this = f"this dass-distill{(' ' + have) if have else ''}"
         reads = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
         raise CacheFormatError(
-            f"{path}: logit cache format version {version}, but {this} reads version {reads}; "
+            f"{path}: logit cache format version {version}, but {this} reads version"
+            f"{'s' if len(SUPPORTED_VERSIONS) > 1 else ''} {reads}; "
             f"upgrade dass-distill or {_FIX}"
         )
 
@@ -147,16 +166,45 @@ def validate(f: h5py.File, path: str) -> None:
     group = f.get(TEACHERS)
     if not isinstance(group, h5py.Group) or len(group) == 0:
         raise CacheFormatError(f"{path}: logit cache has no teachers (group /{TEACHERS} missing or empty); {_FIX}")
+    views = 1
+    if version >= 2:
+        vg = f.get(VIEWS)
+        if not isinstance(vg, h5py.Group) or ATTR_VIEW_COUNT not in vg.attrs:
+            raise CacheFormatError(f"{path}: logit cache is missing group /{VIEWS} with its 'count' attribute; {_FIX}")
+        views = int(vg.attrs[ATTR_VIEW_COUNT])
+        if views < 1:
+            raise CacheFormatError(f"{path}: /{VIEWS} count is {views}, expected at least 1; {_FIX}")
+        params = f.get(VIEW_PARAMS)
+        if params is not None and (not isinstance(params, h5py.Dataset) or params.shape != (n, views)
+                                   or params.dtype != VIEW_PARAMS_DTYPE):
+            raise CacheFormatError(f"{path}: /{VIEW_PARAMS} must be ({n}, {views}) view parameters "
+                                   f"(found {getattr(params, 'shape', None)}); {_FIX}")
     for name, tg in group.items():
         where = f"/{TEACHERS}/{name}"
         if not isinstance(tg, h5py.Group):
             raise CacheFormatError(f"{path}: {where} is not a group; {_FIX}")
-        logits = need(f"{TEACHERS}/{name}/{LOGITS}")
-        if logits.shape != (n, c) or logits.dtype.kind != "f":
-            raise CacheFormatError(
-                f"{path}: {where}/{LOGITS} has shape {logits.shape} and dtype {logits.dtype}, "
-                f"expected ({n}, {c}) floating point; {_FIX}"
-            )
+        if version == 1:
+            logits = need(f"{TEACHERS}/{name}/{LOGITS}")
+            if logits.shape != (n, c) or logits.dtype.kind != "f":
+                raise CacheFormatError(
+                    f"{path}: {where}/{LOGITS} has shape {logits.shape} and dtype {logits.dtype}, "
+                    f"expected ({n}, {c}) floating point; {_FIX}"
+                )
+        else:
+            from .storage import storage_from_attr
+
+            try:
+                storage = storage_from_attr(_attr_str(tg.attrs[ATTR_STORAGE]))
+                specs = storage.datasets(c)
+            except (KeyError, ValueError):
+                raise CacheFormatError(f"{path}: {where} has no valid '{ATTR_STORAGE}' attribute; {_FIX}") from None
+            for ds_name, (per_view, dtype, _) in specs.items():
+                ds = need(f"{TEACHERS}/{name}/{ds_name}")
+                if ds.shape != (n, views, *per_view) or ds.dtype != dtype:
+                    raise CacheFormatError(
+                        f"{path}: {where}/{ds_name} has shape {ds.shape} and dtype {ds.dtype}, "
+                        f"expected {(n, views, *per_view)} {dtype}; {_FIX}"
+                    )
         written = need(f"{TEACHERS}/{name}/{WRITTEN}")
         if written.shape != (n,) or written.dtype.kind not in "ub":
             raise CacheFormatError(

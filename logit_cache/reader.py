@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 
 from . import format as fmt
+from .storage import DenseStorage, Storage, storage_from_attr
 
 #: Default bound of the per-process LRU of decoded logits chunks (~16 MiB at 248 x 527 fp16).
 DEFAULT_CACHE_CHUNKS = 64
@@ -58,20 +59,26 @@ class LogitCacheReader:
             self._provenance: dict[str, dict] = {}
             self._members: dict[str, list[str]] = {}
             self._written: dict[str, np.ndarray] = {}
-            self._chunk_rows: dict[str, int] = {}
-            self._offsets: dict[str, int] = {}  # file offsets of contiguous logits
+            self._storage: dict[str, Storage] = {}
+            # dataset path -> (chunk rows or None, file offset when contiguous, dtype, shape)
+            self._layout: dict[str, tuple[int, int | None, np.dtype, tuple[int, ...]]] = {}
+            version = int(self._attrs[fmt.ATTR_FORMAT_VERSION])
+            vg = f.get(fmt.VIEWS)
+            self._views = int(vg.attrs[fmt.ATTR_VIEW_COUNT]) if vg is not None else 1
+            augment = _plain(vg.attrs.get(fmt.ATTR_AUGMENT, "null")) if vg is not None else "null"
+            self._augment = json.loads(augment)
+            self._params_path = fmt.VIEW_PARAMS if fmt.VIEW_PARAMS in f else None
+            if self._params_path:
+                self._note_layout(f[self._params_path])
             for name, g in f[fmt.TEACHERS].items():
                 self._teachers.append(name)
                 self._provenance[name] = json.loads(_plain(g.attrs[fmt.ATTR_PROVENANCE]))
                 self._members[name] = list(json.loads(_plain(g.attrs[fmt.ATTR_MEMBERS])))
                 self._written[name] = g[fmt.WRITTEN][()].astype(bool)
-                ds = g[fmt.LOGITS]
-                # A contiguous (unchunked) dataset is one block of the file: memory-mapped by
-                # get() when allocated; otherwise read in blocks of 256 rows.
-                self._chunk_rows[name] = int(ds.chunks[0]) if ds.chunks else 256
-                offset = ds.id.get_offset() if ds.chunks is None else None
-                if offset is not None and ds.dtype == np.float16:
-                    self._offsets[name] = int(offset)
+                self._storage[name] = (storage_from_attr(_plain(g.attrs[fmt.ATTR_STORAGE])) if version >= 2
+                                       else DenseStorage())
+                for ds_name in self._storage[name].datasets(len(self._label_ids)):
+                    self._note_layout(g[ds_name])
         except (OSError, KeyError, ValueError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise fmt.CacheFormatError(
@@ -90,6 +97,17 @@ class LogitCacheReader:
         self._datasets: dict[str, h5py.Dataset] = {}
         self._lru: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._maps: dict[str, np.memmap] = {}
+
+    def _note_layout(self, ds: h5py.Dataset) -> None:
+        # Version 1 stored (N, C) logits: seen as (N, 1, C), one view per clip.
+        shape = tuple(ds.shape)
+        if ds.ndim == 2 and ds.name.endswith("/" + fmt.LOGITS):
+            shape = (ds.shape[0], 1, ds.shape[1])
+        # A contiguous (unchunked) dataset is one block of the file: memory-mapped when
+        # allocated; otherwise (e.g. nothing written) read in blocks of 256 rows.
+        offset = ds.id.get_offset() if ds.chunks is None else None
+        chunk_rows = int(ds.chunks[0]) if ds.chunks else 256
+        self._layout[ds.name.lstrip("/")] = (chunk_rows, None if offset is None else int(offset), ds.dtype, shape)
 
     # -- pickling / handles --------------------------------------------------------
 
@@ -205,7 +223,29 @@ class LogitCacheReader:
         return list(self._members[self._teacher(teacher)])
 
     def chunk_rows(self, teacher: str | None = None) -> int:
-        return self._chunk_rows[self._teacher(teacher)]
+        return self._layout[self._paths(self._teacher(teacher))[0]][0]
+
+    @property
+    def views(self) -> int:
+        """Views per clip (1: the clip itself)."""
+        return self._views
+
+    @property
+    def augmented(self) -> bool:
+        """Whether the views are augmented (then :meth:`view_params` replays them)."""
+        return self._params_path is not None
+
+    @property
+    def augment(self) -> dict | None:
+        """How the views were drawn (the writer's ``augment`` record), or None."""
+        return json.loads(json.dumps(self._augment))
+
+    def storage(self, teacher: str | None = None) -> Storage:
+        return self._storage[self._teacher(teacher)]
+
+    def _paths(self, teacher: str) -> list[str]:
+        names = self._storage[teacher].datasets(self.num_classes)
+        return [f"{fmt.TEACHERS}/{teacher}/{n}" for n in names]
 
     def written(self, teacher: str | None = None) -> np.ndarray:
         """Boolean mask (row order) of rows that hold logits for ``teacher`` (a copy)."""
@@ -245,17 +285,23 @@ class LogitCacheReader:
         return missing, extra
 
     def storage_info(self, teacher: str | None = None) -> dict[str, Any]:
-        """How ``teacher``'s logits are stored: dtype, chunk shape, compression, bytes on disk."""
+        """How ``teacher``'s logits are stored: kind, datasets, chunking, compression, bytes on disk and per view."""
         name = self._teacher(teacher)
-        ds = self._logits(name)
+        f = self._handle()
+        datasets = [f[p] for p in self._paths(name)]
+        first = datasets[0]
+        storage = self._storage[name]
         return {
-            "dtype": str(ds.dtype),
-            "shape": tuple(ds.shape),
-            "chunks": tuple(ds.chunks) if ds.chunks else None,
-            "layout": "chunked" if ds.chunks else "contiguous (memory-mapped reads)",
-            "compression": ds.compression,
-            "compression_opts": ds.compression_opts,
-            "storage_bytes": int(ds.id.get_storage_size()),
+            "storage": storage.describe(),
+            "dtype": str(first.dtype),
+            "shape": tuple(first.shape),
+            "chunks": tuple(first.chunks) if first.chunks else None,
+            "layout": "chunked" if first.chunks else "contiguous (memory-mapped reads)",
+            "compression": first.compression,
+            "compression_opts": first.compression_opts,
+            "storage_bytes": sum(int(ds.id.get_storage_size()) for ds in datasets),
+            "bytes_per_view": storage.bytes_per_view(self.num_classes),
+            "replay_bytes_per_view": fmt.VIEW_PARAMS_DTYPE.itemsize if self.augmented else 0,
         }
 
     # -- data ----------------------------------------------------------------------
@@ -281,49 +327,43 @@ class LogitCacheReader:
             )
         return rows
 
-    def _logits(self, teacher: str) -> h5py.Dataset:
+    def _dataset(self, path: str) -> h5py.Dataset:
         f = self._handle()  # first: a re-open after fork clears self._datasets
-        ds = self._datasets.get(teacher)
+        ds = self._datasets.get(path)
         if ds is None:
-            ds = self._datasets[teacher] = f[f"{fmt.TEACHERS}/{teacher}/{fmt.LOGITS}"]
+            ds = self._datasets[path] = f[path]
         return ds
 
-    def _chunk(self, teacher: str, ds: h5py.Dataset, chunk: int) -> np.ndarray:
-        key = (teacher, chunk)
+    def _chunk(self, path: str, chunk: int) -> np.ndarray:
+        ds = self._dataset(path)  # first: after a fork this re-opens the file and clears the LRU
+        key = (path, chunk)
         arr = self._lru.get(key)
         if arr is not None:
             self._lru.move_to_end(key)
             return arr
-        cr = self._chunk_rows[teacher]
+        cr, _, _, shape = self._layout[path]
         start = chunk * cr
-        arr = ds[start : min(start + cr, ds.shape[0])]
+        arr = ds[start: min(start + cr, ds.shape[0])].reshape(-1, *shape[1:])
         if self._cache_chunks:
             self._lru[key] = arr
             while len(self._lru) > self._cache_chunks:
                 self._lru.popitem(last=False)
         return arr
 
-    def get(self, clip_ids: Sequence[str], teacher: str | None = None) -> np.ndarray:
-        """Raw logits, float32 of shape (len(clip_ids), num_classes), in the order asked.
-
-        ``teacher`` may be omitted when the cache holds exactly one teacher. An id not in the
-        cache, or one whose row was never written (e.g. failed audio), raises ``KeyError``.
-        """
-        name = self._teacher(teacher)
-        rows = self._rows(clip_ids, name)
-        out = np.empty((len(rows), self.num_classes), dtype=np.float32)
+    def _gather(self, path: str, rows: np.ndarray, views: np.ndarray) -> np.ndarray:
+        """Elements (rows[i], views[i], ...) of the dataset at ``path``, in the order asked."""
+        cr, offset, dtype, shape = self._layout[path]
+        out = np.empty((len(rows), *shape[2:]), dtype=dtype)
         if len(rows) == 0:
             return out
-        if name in self._offsets:
+        if offset is not None:
             # Contiguous: gather straight from the page cache through a read-only memory map
             # (no copy of the file is held), in row order for locality.
             order = np.argsort(rows, kind="stable")
-            out[order] = self._map(name)[rows[order]]
+            out[order] = self._map(path)[rows[order], views[order]]
             return out
-        ds = self._logits(name)
-        cr = self._chunk_rows[name]
-        # Group the requested rows by chunk; read each touched chunk once (whole, one
-        # contiguous slice, or from the LRU) and scatter its rows into the output.
+        # Chunked: group the requested rows by chunk; read each touched chunk once (whole,
+        # one contiguous slice, or from the LRU) and scatter its rows into the output.
         chunk_of = rows // cr
         order = np.argsort(chunk_of, kind="stable")
         sorted_chunks = chunk_of[order]
@@ -331,24 +371,69 @@ class LogitCacheReader:
         for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(rows)].tolist()):
             chunk = int(sorted_chunks[a])
             sel = order[a:b]
-            out[sel] = self._chunk(name, ds, chunk)[rows[sel] - chunk * cr]
+            out[sel] = self._chunk(path, chunk)[rows[sel] - chunk * cr, views[sel]]
         return out
 
-    def _map(self, teacher: str) -> np.memmap:
-        m = self._maps.get(teacher)
+    def _views_of(self, views: Sequence[int] | np.ndarray | int | None, n: int) -> np.ndarray:
+        if views is None:
+            if self._views > 1:
+                raise ValueError(f"{self._path} holds {self._views} views per clip; pass views= (one per clip id)")
+            return np.zeros(n, dtype=np.int64)
+        v = np.broadcast_to(np.asarray(views, dtype=np.int64), (n,)) if np.ndim(views) == 0 else np.asarray(views, dtype=np.int64)
+        if v.shape != (n,):
+            raise ValueError(f"views must give one view per clip id ({n}); got shape {v.shape}")
+        if n and (v.min() < 0 or v.max() >= self._views):
+            raise IndexError(f"view out of range: {self._path} holds views 0..{self._views - 1}")
+        return v
+
+    def get(self, clip_ids: Sequence[str], teacher: str | None = None,
+            views: Sequence[int] | np.ndarray | int | None = None) -> np.ndarray:
+        """Raw logits, float32 of shape (len(clip_ids), num_classes), in the order asked.
+
+        ``teacher`` may be omitted when the cache holds exactly one teacher; ``views`` (one
+        per clip, or one for all) when it holds one view per clip. Top-k storage is expanded
+        with its rest rule (FORMAT.md). An id not in the cache, or one whose row was never
+        written (e.g. failed audio), raises ``KeyError``.
+        """
+        name = self._teacher(teacher)
+        rows = self._rows(clip_ids, name)
+        v = self._views_of(views, len(rows))
+        storage = self._storage[name]
+        arrays = {p.rsplit("/", 1)[1]: self._gather(p, rows, v) for p in self._paths(name)}
+        return storage.decode(arrays, self.num_classes).astype(np.float32, copy=False)
+
+    def view_params(self, clip_ids: Sequence[str], views: Sequence[int] | np.ndarray | int) -> np.ndarray:
+        """Replay parameters (``VIEW_PARAMS_DTYPE``, one per clip) of the given views of an augmented cache."""
+        if self._params_path is None:
+            raise ValueError(f"{self._path} has no augmented views (nothing to replay)")
+        if isinstance(clip_ids, str):
+            raise TypeError(f"view_params() takes a sequence of clip ids; wrap a single id as [{clip_ids!r}]")
+        index = self._build_index()
+        try:
+            rows = np.array([index[c] for c in clip_ids], dtype=np.int64)
+        except KeyError as e:
+            raise KeyError(f"clip id {e.args[0]!r} is not in logit cache {self._path}") from None
+        return self._gather(self._params_path, rows, self._views_of(views, len(rows)))
+
+    def clip_id(self, row: int) -> str:
+        """The clip id of a row (e.g. a view's mixup ``partner``)."""
+        return self._clip_ids[row]
+
+    def _map(self, path: str) -> np.memmap:
+        m = self._maps.get(path)
         if m is None:
+            _, offset, dtype, shape = self._layout[path]
             # A read-only shared mapping stays valid across fork; spawn pickles it away.
             try:
-                m = np.memmap(self._path, dtype=np.float16, mode="r", offset=self._offsets[teacher],
-                              shape=(len(self._clip_ids), self.num_classes))
+                m = np.memmap(self._path, dtype=dtype, mode="r", offset=offset, shape=shape)
             except (OSError, ValueError) as e:  # e.g. a file truncated after it was opened
-                raise fmt.CacheFormatError(f"{self._path}: cannot map teacher {teacher!r}'s logits ({e}); the "
+                raise fmt.CacheFormatError(f"{self._path}: cannot map /{path} ({e}); the "
                                            "file is damaged, re-create it with `dass-distill cache`") from None
-            self._maps[teacher] = m
+            self._maps[path] = m
         return m
 
     def __repr__(self) -> str:
         return (
             f"LogitCacheReader({self._path!r}, clips={len(self._clip_ids)}, classes={self.num_classes}, "
-            f"teachers={self._teachers}, format_version={self._attrs.get(fmt.ATTR_FORMAT_VERSION)})"
+            f"teachers={self._teachers}, views={self._views}, format_version={self._attrs.get(fmt.ATTR_FORMAT_VERSION)})"
         )

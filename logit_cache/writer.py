@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 
 from . import format as fmt
+from .storage import DenseStorage, Storage, TopKStorage, storage_from_spec
 
 #: Target size of one logits chunk (uncompressed). 256 KiB is 248 rows of 527 fp16 logits.
 TARGET_CHUNK_BYTES = 256 * 1024
@@ -26,9 +27,9 @@ _GZIP_LEVEL = 4
 _FP16_MAX = float(np.finfo(np.float16).max)
 
 
-def default_chunk_rows(num_rows: int, num_classes: int) -> int:
-    """Rows per logits chunk: about :data:`TARGET_CHUNK_BYTES` of fp16, never more than ``num_rows``."""
-    rows = max(1, TARGET_CHUNK_BYTES // (2 * max(1, num_classes)))
+def default_chunk_rows(num_rows: int, row_bytes: int) -> int:
+    """Clip rows per chunk: about :data:`TARGET_CHUNK_BYTES` uncompressed, never more than ``num_rows``."""
+    rows = max(1, TARGET_CHUNK_BYTES // max(1, row_bytes))
     return max(1, min(rows, num_rows))
 
 
@@ -46,6 +47,17 @@ def _check_strings(kind: str, values: Sequence[str]) -> list[str]:
     return out
 
 
+def _json(value: Mapping[str, Any], what: str) -> str:
+    """A dict as compact JSON for an HDF5 attribute (bounded, no NaN)."""
+    try:
+        text = json.dumps(dict(value), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} is not JSON-serialisable ({e})") from None
+    if len(text.encode("utf-8")) > MAX_PROVENANCE_BYTES:
+        raise ValueError(f"{what} is larger than {MAX_PROVENANCE_BYTES} bytes as JSON")
+    return text
+
+
 def _members(name: str, provenance: Mapping[str, Any]) -> list[str]:
     members = provenance.get("members")
     if members is None:
@@ -56,11 +68,16 @@ def _members(name: str, provenance: Mapping[str, Any]) -> list[str]:
 
 
 class LogitCacheWriter:
-    """Create a logit cache at ``path`` (see FORMAT.md).
+    """Create a logit cache at ``path`` (format version 2, see FORMAT.md).
 
     Data goes to ``path + ".partial"``; :meth:`close` renames it to ``path`` atomically,
     so a file at ``path`` is always a finished cache. If the ``with`` block raises, the
     handle is closed and the ``.partial`` file is left for inspection (never renamed).
+
+    Each clip has ``views`` views (1 = the clip as is). With ``augment`` (a JSON-able
+    description of how views were drawn), the views are augmented and every written clip
+    needs its replay parameters (:data:`~dass_distill.logit_cache.format.VIEW_PARAMS_DTYPE`,
+    shape (views,)), shared by all teachers. ``storage`` is ``"dense"`` or ``"topk:K"``.
 
     Rows may be written in any order, in batches, per teacher. Clips whose audio could not
     be processed are recorded with :meth:`add_failed`. Rows that end up neither written nor
@@ -81,6 +98,10 @@ class LogitCacheWriter:
         compression: str | None = "lzf",
         chunk_rows: int | None = None,
         layout: str = "chunked",
+        views: int = 1,
+        augment: Mapping[str, Any] | None = None,
+        storage: Storage | str | int | None = "dense",
+        created_utc: str | None = None,
     ) -> None:
         self.path = Path(os.fspath(path))
         self.partial_path = Path(os.fspath(path) + fmt.PARTIAL_SUFFIX)
@@ -110,13 +131,7 @@ class LogitCacheWriter:
             fmt.check_teacher_name(name)
             if not isinstance(prov, Mapping):
                 raise TypeError(f"teacher {name!r}: provenance must be a dict, got {type(prov).__name__}")
-            try:
-                text = json.dumps(dict(prov), ensure_ascii=False, allow_nan=False)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"teacher {name!r}: provenance is not JSON-serialisable ({e})") from None
-            if len(text.encode("utf-8")) > MAX_PROVENANCE_BYTES:
-                raise ValueError(f"teacher {name!r}: provenance is larger than {MAX_PROVENANCE_BYTES} bytes as JSON")
-            prov_json[name] = text
+            prov_json[name] = _json(prov, f"teacher {name!r}: provenance")
             members[name] = _members(name, prov)
         if compression == "none":
             compression = None
@@ -126,18 +141,28 @@ class LogitCacheWriter:
             raise ValueError(f"layout must be 'chunked' or 'contiguous'; got {layout!r}")
         if layout == "contiguous" and compression is not None:
             raise ValueError("a contiguous layout cannot be compressed; pass compression=None (or 'none')")
-        n, c = len(clips), len(lids)
-        if chunk_rows is None:
-            chunk_rows = default_chunk_rows(n, c)
-        elif not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        if not isinstance(views, (int, np.integer)) or isinstance(views, bool) or views < 1:
+            raise ValueError(f"views must be a positive integer; got {views!r}")
+        if views > 1 and augment is None:
+            raise ValueError("several views per clip need augment= (how the views were drawn); "
+                             "without augmentation every view would be the same clip")
+        augment_json = _json(augment, "augment") if augment is not None else None
+        if not isinstance(storage, (DenseStorage, TopKStorage)):
+            storage = storage_from_spec(storage)
+        n, c, v = len(clips), len(lids), int(views)
+        specs = storage.datasets(c)  # raises for an impossible k
+        if chunk_rows is not None and (not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1):
             raise ValueError(f"chunk_rows must be a positive integer; got {chunk_rows!r}")
-        chunk_rows = int(min(chunk_rows, n))
 
         self._clip_ids = clips
         self._index = index
         self._num_classes = c
+        self._views = v
+        self._augmented = augment is not None
+        self._storage = storage
         self._teachers = list(teachers)
         self._written = {t: np.zeros(n, dtype=bool) for t in self._teachers}
+        self._params_written = np.zeros(n, dtype=bool)
         self._failed: dict[str, str] = {}
         self._closed = False
         self._finished = False
@@ -149,7 +174,7 @@ class LogitCacheWriter:
             f.attrs[fmt.ATTR_FORMAT] = fmt.FORMAT_NAME
             f.attrs[fmt.ATTR_FORMAT_VERSION] = np.int64(fmt.FORMAT_VERSION)
             f.attrs[fmt.ATTR_TOOLKIT_VERSION] = str(toolkit_version)
-            f.attrs[fmt.ATTR_CREATED_UTC] = _utc_now()
+            f.attrs[fmt.ATTR_CREATED_UTC] = created_utc or _utc_now()
             f.attrs[fmt.ATTR_COMMAND] = str(command)
             sdt = h5py.string_dtype()
             f.create_dataset(fmt.CLIPS_ID, data=np.array(clips, dtype=object), dtype=sdt)
@@ -157,22 +182,32 @@ class LogitCacheWriter:
             f.create_dataset(fmt.LABEL_NAMES, data=np.array(lnames, dtype=object), dtype=sdt)
             for key in (fmt.FAILED_ID, fmt.FAILED_REASON):
                 f.create_dataset(key, shape=(0,), maxshape=(None,), chunks=(1024,), dtype=sdt)
-            copts = {"compression": compression}
+            copts: dict[str, Any] = {"compression": compression}
             if compression == "gzip":
                 copts["compression_opts"] = _GZIP_LEVEL
-            self._logits: dict[str, h5py.Dataset] = {}
+
+            def create(group: h5py.Group, name: str, per_view: tuple[int, ...], dtype: np.dtype, fill: object):
+                shape = (n, v, *per_view)
+                if layout == "contiguous":
+                    return group.create_dataset(name, shape=shape, dtype=dtype, fillvalue=fill)
+                row_bytes = v * dtype.itemsize * int(np.prod(per_view, dtype=np.int64))
+                rows = min(int(chunk_rows), n) if chunk_rows is not None else default_chunk_rows(n, row_bytes)
+                return group.create_dataset(name, shape=shape, dtype=dtype, fillvalue=fill,
+                                            chunks=(rows, v, *per_view), **copts)
+
+            vg = f.create_group(fmt.VIEWS)
+            vg.attrs[fmt.ATTR_VIEW_COUNT] = np.int64(v)
+            vg.attrs[fmt.ATTR_AUGMENT] = augment_json if augment_json is not None else "null"
+            self._params = (create(f, fmt.VIEW_PARAMS, (), fmt.VIEW_PARAMS_DTYPE, None)
+                            if self._augmented else None)
+            self._data: dict[str, dict[str, h5py.Dataset]] = {}
             self._written_ds: dict[str, h5py.Dataset] = {}
             for name in self._teachers:
                 g = f.create_group(f"{fmt.TEACHERS}/{name}")
                 g.attrs[fmt.ATTR_PROVENANCE] = prov_json[name]
                 g.attrs[fmt.ATTR_MEMBERS] = json.dumps(members[name], ensure_ascii=False)
-                self._logits[name] = g.create_dataset(
-                    fmt.LOGITS,
-                    shape=(n, c),
-                    dtype=np.float16,
-                    fillvalue=np.float16(np.nan),
-                    **({"chunks": (chunk_rows, c), **copts} if layout == "chunked" else {}),
-                )
+                g.attrs[fmt.ATTR_STORAGE] = json.dumps(storage.describe())
+                self._data[name] = {ds: create(g, ds, pv, dt, fill) for ds, (pv, dt, fill) in specs.items()}
                 self._written_ds[name] = g.create_dataset(
                     fmt.WRITTEN,
                     shape=(n,),
@@ -184,7 +219,8 @@ class LogitCacheWriter:
         except BaseException:
             f.close()
             raise
-        self.chunk_rows = chunk_rows
+        first = next(iter(self._data[self._teachers[0]].values()))
+        self.chunk_rows = first.chunks[0] if first.chunks else None
         self.compression = compression
         self.layout = layout
 
@@ -202,6 +238,18 @@ class LogitCacheWriter:
     def num_classes(self) -> int:
         return self._num_classes
 
+    @property
+    def views(self) -> int:
+        return self._views
+
+    @property
+    def augmented(self) -> bool:
+        return self._augmented
+
+    @property
+    def storage(self) -> Storage:
+        return self._storage
+
     # -- writing -----------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -216,59 +264,108 @@ class LogitCacheWriter:
                 rows[i] = self._index[cid]
             except KeyError:
                 raise KeyError(f"clip id {cid!r} is not in this cache's clip list") from None
-        return rows
-
-    def write(self, teacher: str, clip_ids: Sequence[str], logits: np.ndarray) -> None:
-        """Store raw (pre-sigmoid) ``logits`` of shape (len(clip_ids), C) for ``teacher``, as fp16.
-
-        Writing a clip again for the same teacher replaces its row.
-        """
-        self._check_open()
-        if teacher not in self._logits:
-            raise KeyError(f"unknown teacher {teacher!r}; this cache was created for {self._teachers}")
-        rows = self._rows(clip_ids)
-        ids = list(clip_ids)
-        arr = np.asarray(logits)
-        if arr.dtype.kind not in "fiu":
-            raise TypeError(f"logits must be a real-valued numeric array; got dtype {arr.dtype}")
-        if arr.ndim != 2 or arr.shape != (len(rows), self._num_classes):
-            raise ValueError(
-                f"logits shape {arr.shape} does not match (len(clip_ids), num_classes) = "
-                f"({len(rows)}, {self._num_classes})"
-            )
         if len(np.unique(rows)) != len(rows):
             seen: set[str] = set()
             dup = next(c for c in ids if c in seen or seen.add(c))  # type: ignore[func-returns-value]
             raise ValueError(f"clip id {dup!r} appears twice in one write call")
-        if len(rows) == 0:
-            return
-        bad = ~np.isfinite(arr).all(axis=1)
+        return rows
+
+    def _teacher(self, teacher: str) -> None:
+        if teacher not in self._data:
+            raise KeyError(f"unknown teacher {teacher!r}; this cache was created for {self._teachers}")
+
+    def write(self, teacher: str, clip_ids: Sequence[str], logits: np.ndarray, params: np.ndarray | None = None) -> None:
+        """Store raw (pre-sigmoid) ``logits`` for ``teacher``: shape (B, C) with one view per clip,
+        else (B, views, C). Augmented caches need each clip's view ``params`` (B, views) once
+        (from any teacher; later ones must match). Writing a clip again replaces its row.
+        """
+        self._check_open()
+        self._teacher(teacher)
+        ids = list(clip_ids)
+        arr = np.asarray(logits)
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"logits must be a real-valued numeric array; got dtype {arr.dtype}")
+        if arr.ndim == 2 and self._views == 1:
+            arr = arr[:, None]
+        want = (len(ids), self._views, self._num_classes)
+        if arr.shape != want:
+            expect = f"(len(clip_ids), num_classes) = {want[::2]}" if self._views == 1 else f"(len(clip_ids), views, num_classes) = {want}"
+            raise ValueError(f"logits shape {np.asarray(logits).shape} does not match {expect}")
+        bad = ~np.isfinite(arr).reshape(len(ids), -1).all(axis=1)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(
                 f"non-finite logits (NaN or inf) for clip {ids[i]!r} (teacher {teacher!r}); "
-                f"{int(bad.sum())} of {len(rows)} clips in this batch are affected"
+                f"{int(bad.sum())} of {len(ids)} clips in this batch are affected"
             )
-        with np.errstate(over="ignore"):
-            half = arr.astype(np.float16)
-        over = ~np.isfinite(half).all(axis=1)
-        if over.any():
-            i = int(np.flatnonzero(over)[0])
+        big = np.abs(arr).reshape(len(ids), -1).max(axis=1, initial=0) > _FP16_MAX
+        if big.any():
+            i = int(np.flatnonzero(big)[0])
             raise ValueError(
                 f"logits for clip {ids[i]!r} (teacher {teacher!r}) exceed the float16 range "
                 f"(|x| > {_FP16_MAX:g}): max |x| = {float(np.abs(arr[i]).max()):g}"
             )
+        self.write_encoded(teacher, ids, self._storage.encode(arr), params)
+
+    def write_encoded(self, teacher: str, clip_ids: Sequence[str], arrays: Mapping[str, np.ndarray],
+                      params: np.ndarray | None = None) -> None:
+        """Store already-encoded rows (the storage's datasets, each (B, views, ...)), e.g. from shards."""
+        self._check_open()
+        self._teacher(teacher)
+        rows = self._rows(clip_ids)
+        datasets = self._data[teacher]
+        if set(arrays) != set(datasets):
+            raise ValueError(f"encoded arrays {sorted(arrays)} do not match this cache's storage {sorted(datasets)}")
+        for name, ds in datasets.items():
+            a = arrays[name]
+            if a.shape != (len(rows), *ds.shape[1:]) or a.dtype != ds.dtype:
+                raise ValueError(f"{name}: got {a.shape} {a.dtype}, expected {(len(rows), *ds.shape[1:])} {ds.dtype}")
+        self._store_params(rows, clip_ids, params)
+        if len(rows) == 0:
+            return
         order = np.argsort(rows, kind="stable")
-        srows, shalf = rows[order], half[order]
-        ds = self._logits[teacher]
+        srows = rows[order]
         # Contiguous runs of rows are written as slices (one write for an in-order batch).
         breaks = np.flatnonzero(np.diff(srows) != 1) + 1
-        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(srows)]):
-            ds[srows[start] : srows[stop - 1] + 1] = shalf[start:stop]
+        runs = list(zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(srows)].tolist()))
+        for name, ds in datasets.items():
+            sorted_data = arrays[name][order]
+            for a, b in runs:
+                ds[srows[a]: srows[b - 1] + 1] = sorted_data[a:b]
+        # The mask last: a crash between the two leaves logits unflagged, never flags without logits.
         mask = self._written[teacher]
         mask[rows] = True
         lo, hi = int(srows[0]), int(srows[-1]) + 1
         self._written_ds[teacher][lo:hi] = mask[lo:hi].astype(np.uint8)
+
+    def _store_params(self, rows: np.ndarray, clip_ids: Sequence[str], params: np.ndarray | None) -> None:
+        if not self._augmented:
+            if params is not None:
+                raise ValueError("this cache has no augmented views; do not pass params")
+            return
+        have = self._params_written[rows]
+        if params is None:
+            if not have.all():
+                cid = list(clip_ids)[int(np.flatnonzero(~have)[0])]
+                raise ValueError(f"clip {cid!r}: augmented views need their replay params on the first write")
+            return
+        p = np.asarray(params)
+        if p.dtype != fmt.VIEW_PARAMS_DTYPE or p.shape != (len(rows), self._views):
+            raise ValueError(f"params must be a ({len(rows)}, {self._views}) array of VIEW_PARAMS_DTYPE; "
+                             f"got {p.shape} {p.dtype}")
+        n = len(self._clip_ids)
+        partners = p["partner"]
+        if ((partners < -1) | (partners >= n)).any():
+            raise ValueError(f"params: mixup partner rows must be -1 or in [0, {n})")
+        if have.any():
+            old = self._params[np.sort(rows[have])]
+            new = p[have][np.argsort(rows[have])]
+            if old.tobytes() != new.tobytes():
+                raise ValueError("params differ from those stored for the same clips by another teacher: "
+                                 "every teacher must see the same views")
+        for r, row in zip(np.flatnonzero(~have).tolist(), rows[~have].tolist()):
+            self._params[row] = p[r]
+        self._params_written[rows] = True
 
     def add_failed(self, clip_id: str, reason: str) -> None:
         """Record that ``clip_id`` could not be processed (e.g. unreadable audio) and why."""
@@ -291,7 +388,8 @@ class LogitCacheWriter:
     # -- finishing ---------------------------------------------------------------
 
     def _flush_metadata(self) -> None:
-        ids = list(self._failed)
+        # Failed clips in row order, so the file does not depend on the order clips failed in.
+        ids = sorted(self._failed, key=self._index.__getitem__)
         reasons = [self._failed[i] for i in ids]
         for key, values in ((fmt.FAILED_ID, ids), (fmt.FAILED_REASON, reasons)):
             ds = self._f[key]

@@ -1,12 +1,13 @@
 """Teacher models, their front ends, checkpoint loaders and ensembles."""
 
 from .ast import AST_CONFIGS, ASTClassifier, ASTTeacher, ast_config, save_ast_folder
-from .base import CheckpointError, ClipPolicy, Teacher
+from .base import CheckpointError, ClipPolicy, SpecMask, Teacher, apply_masks
 from .ensemble import COMBINE_MODES, Ensemble, combine_logits
 from .frontends import KaldiFbank
 from .registry import load_teacher, teacher_kinds
 
 __all__ = [
     "AST_CONFIGS", "ASTClassifier", "ASTTeacher", "COMBINE_MODES", "CheckpointError", "ClipPolicy", "Ensemble",
-    "KaldiFbank", "Teacher", "ast_config", "combine_logits", "load_teacher", "save_ast_folder", "teacher_kinds",
+    "KaldiFbank", "SpecMask", "Teacher", "apply_masks", "ast_config", "combine_logits", "load_teacher",
+    "save_ast_folder", "teacher_kinds",
 ]

@@ -23,7 +23,8 @@ import torch.nn as nn
 from transformers import ASTConfig, ASTForAudioClassification
 
 from .base import (
-    CheckpointError, Teacher, load_strict, read_checkpoint, sha256_of, strip_prefix, tensors_of, wrong_kind_hint,
+    CheckpointError, SpecMask, Teacher, load_strict, read_checkpoint, sha256_of, strip_prefix, tensors_of,
+    wrong_kind_hint,
 )
 from .frontends import KaldiFbank
 
@@ -195,8 +196,16 @@ class ASTTeacher(Teacher):
     def short_clip_rule(self) -> str:
         return f"fbank zero-padded to {self.front_end.target_length} frames before normalisation (as the original AST)"
 
-    def window_logits(self, waveforms: Sequence[torch.Tensor]) -> torch.Tensor:
+    def centre_frequencies(self) -> torch.Tensor:
+        return self.front_end.centre_frequencies()
+
+    def frame_shift_ms(self) -> float:
+        return self.front_end.frame_shift
+
+    def window_logits(self, waveforms: Sequence[torch.Tensor],
+                      masks: Sequence[SpecMask | None] | None = None) -> torch.Tensor:
         feats = self.front_end([w.to(self.device) for w in waveforms])
+        feats = self.mask_features(feats, masks)  # on the normalised fbank, as the original's SpecAugment
         with self.model_precision():
             return self.model(feats).float()
 

@@ -5,6 +5,10 @@ A teacher is a frozen tagger with a fixed input window (AST: 1024 frames, HTS-AT
 clips that fit the window, padded the way the original pads. :meth:`Teacher.logits`
 applies the long-clip policy (:class:`ClipPolicy`) on top, so no clip is silently
 truncated and whatever was done is part of :meth:`Teacher.identity`.
+
+``window_logits`` also takes one :class:`SpecMask` per waveform: SpecAugment masks in
+physical units (10 ms frames, a band in Hz), so every teacher, whatever its front end,
+can run on the same augmented view a student later replays.
 """
 
 from __future__ import annotations
@@ -57,6 +61,60 @@ class ClipPolicy:
         return [min(i * hop, num_samples - window) for i in range(n)]
 
 
+@dataclass(frozen=True)
+class SpecMask:
+    """SpecAugment masks of one view. Time on the 10 ms frame grid, frequency as a band in Hz.
+
+    Frame t starts at sample ``t * hop`` of the view's waveform; the time mask covers frames
+    ``[time_start, time_start + time_width)``. The frequency mask covers every feature bin
+    whose centre frequency c satisfies ``freq_low_hz <= c <= freq_high_hz``. The defaults
+    mask nothing.
+    """
+
+    time_start: int = 0          # first masked frame
+    time_width: int = 0          # 0 = no time mask
+    freq_low_hz: float = 0.0
+    freq_high_hz: float = -1.0   # high < low = no frequency mask
+
+    def __post_init__(self) -> None:
+        if self.time_start < 0 or self.time_width < 0:
+            raise ValueError(f"time mask needs start >= 0 and width >= 0, got {self.time_start}, {self.time_width}")
+
+    @property
+    def has_time(self) -> bool:
+        return self.time_width > 0
+
+    @property
+    def has_freq(self) -> bool:
+        return self.freq_high_hz >= self.freq_low_hz
+
+
+def apply_masks(feats: torch.Tensor, masks: Sequence[SpecMask | None], centres_hz: torch.Tensor) -> torch.Tensor:
+    """(B, T, F) features in the model's input space -> a copy with each example's masked
+    frames and bins set to 0.0.
+
+    0.0 is the masking value of torchaudio's SpecAugment on the student's normalised fbank
+    and of HTS-AT's own SpecAugmentation after bn0. ``centres_hz``: (F,) centre frequency
+    of each bin; the band test runs in float64 on the CPU, so a band whose edges are taken
+    from the same centres selects exactly the bins between them on any device.
+    """
+    if len(masks) != feats.shape[0]:
+        raise ValueError(f"{len(masks)} masks for a batch of {feats.shape[0]}")
+    if centres_hz.numel() != feats.shape[-1]:
+        raise ValueError(f"{centres_hz.numel()} centre frequencies for {feats.shape[-1]} feature bins")
+    centres = centres_hz.detach().to("cpu", torch.float64).reshape(-1)
+    out = feats.clone()
+    for i, m in enumerate(masks):
+        if m is None:
+            continue
+        if m.has_time:
+            out[i, m.time_start:m.time_start + m.time_width] = 0.0  # slicing clips to T
+        if m.has_freq:
+            band = (centres >= m.freq_low_hz) & (centres <= m.freq_high_hz)
+            out[i, :, band.to(feats.device)] = 0.0
+    return out
+
+
 class Teacher(nn.Module, ABC):
     """A frozen audio tagger: raw waveforms in, raw (pre-sigmoid) logits out.
 
@@ -100,9 +158,35 @@ class Teacher(nn.Module, ABC):
         """Every parameter of the front end, recorded in the cache's provenance."""
 
     @abstractmethod
-    def window_logits(self, waveforms: Sequence[torch.Tensor]) -> torch.Tensor:
+    def window_logits(self, waveforms: Sequence[torch.Tensor],
+                      masks: Sequence[SpecMask | None] | None = None) -> torch.Tensor:
         """B mono waveforms no longer than the window -> (B, num_classes) raw logits,
-        short ones padded as the original model pads them."""
+        short ones padded as the original model pads them. ``masks``: one SpecAugment
+        mask per waveform (None: unmasked, bit-identical to no ``masks``), applied to the
+        normalised features the model receives (see :meth:`mask_features`)."""
+
+    def centre_frequencies(self) -> torch.Tensor:
+        """(F,) centre frequency in Hz of each feature bin (what a SpecMask band selects on)."""
+        raise NotImplementedError(f"{self.kind} teacher does not support SpecAugment masks")
+
+    def frame_shift_ms(self) -> float:
+        """Hop of the feature frames that time masks index, in milliseconds."""
+        raise NotImplementedError(f"{self.kind} teacher does not support SpecAugment masks")
+
+    def mask_features(self, feats: torch.Tensor, masks: Sequence[SpecMask | None] | None) -> torch.Tensor:
+        """(B, T, F) model-input features with ``masks`` applied; the same tensor when no
+        mask is given, so unmasked runs stay bit-identical."""
+        if masks is None:
+            return feats
+        if len(masks) != feats.shape[0]:
+            raise ValueError(f"{self.name} teacher: {len(masks)} masks for {feats.shape[0]} waveforms")
+        if all(m is None for m in masks):
+            return feats
+        if any(m is not None and m.has_time for m in masks) and self.frame_shift_ms() != 10.0:
+            # SpecMask times are 10 ms frames; another hop would mask a different stretch of audio
+            raise ValueError(f"{self.name} teacher: time masks need 10 ms frames, "
+                             f"its hop is {self.frame_shift_ms():g} ms")
+        return apply_masks(feats, masks, self.centre_frequencies())
 
     def model_precision(self):
         """Autocast context for the model body: ``cuda_dtype`` on CUDA, nothing elsewhere."""

@@ -35,6 +35,18 @@ class KaldiFbank:
         hop, win = (round(self.sample_rate * ms / 1000) for ms in (self.frame_shift, self.frame_length))
         return (self.target_length - 1) * hop + win
 
+    def centre_frequencies(self) -> torch.Tensor:
+        """(num_mel_bins,) centre of each mel bin in Hz, float32, as ``kaldi.fbank`` builds its bank.
+
+        A pure function of the parameters (fbank's defaults: low 20 Hz, high = Nyquist, window
+        rounded up to a power of two, no VTLN), so any code computing it gets the same floats.
+        """
+        window = int(self.sample_rate * self.frame_length * 0.001)  # kaldi's window_size
+        padded = 1 << (window - 1).bit_length()                      # round_to_power_of_two: 400 -> 512
+        _, centres = kaldi.get_mel_banks(self.num_mel_bins, padded, float(self.sample_rate), 20.0, 0.0,
+                                         100.0, -500.0, 1.0)
+        return centres.reshape(-1)
+
     def one(self, wave: torch.Tensor) -> torch.Tensor:
         """(samples,) -> (target_length, num_mel_bins)."""
         wave = wave.float().reshape(1, -1)

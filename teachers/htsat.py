@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import (CheckpointError, Teacher, guess_kind, load_strict, read_checkpoint, sha256_of, strip_prefix,
-                   tensors_of, wrong_kind_hint)
+from .base import (CheckpointError, SpecMask, Teacher, guess_kind, load_strict, read_checkpoint, sha256_of,
+                   strip_prefix, tensors_of, wrong_kind_hint)
 
 STFT_REAL = "spectrogram_extractor.stft.conv_real.weight"
 STFT_IMAG = "spectrogram_extractor.stft.conv_imag.weight"
@@ -590,8 +590,19 @@ class HTSATTeacher(Teacher):
             "image": {"size": cfg.spec_size, "freq_ratio": cfg.freq_ratio},
         }
 
+    def centre_frequencies(self) -> torch.Tensor:
+        """(mel_bins,) centre of each mel filter in Hz: the frequency ``k * sample_rate / n_fft`` of
+        the FFT bin k where the model's (Slaney) filter has its largest weight."""
+        cfg = self.config
+        peak = self.model.logmel_extractor.melW.detach().float().cpu().argmax(dim=0)
+        return peak.double() * cfg.sample_rate / cfg.n_fft
+
+    def frame_shift_ms(self) -> float:
+        return 1000.0 * self.config.hop / self.config.sample_rate
+
     @torch.inference_mode()
-    def window_logits(self, waveforms: Sequence[torch.Tensor]) -> torch.Tensor:
+    def window_logits(self, waveforms: Sequence[torch.Tensor],
+                      masks: Sequence[SpecMask | None] | None = None) -> torch.Tensor:
         n = self.window_samples
         if len(waveforms) == 0:
             return torch.empty(0, self.num_classes, device=self.device)
@@ -601,7 +612,11 @@ class HTSATTeacher(Teacher):
             raise ValueError(f"htsat teacher: a {longest}-sample clip exceeds the {n}-sample window; use logits()")
         batch = nn.utils.rnn.pad_sequence(waves, batch_first=True)      # zero-pads at the end
         batch = F.pad(batch, (0, n - batch.shape[1]))
-        img = self.model.to_image(self.model.logmel(batch))                # fp32
+        feats = self.model.logmel(batch)                                   # (B, 1, T, F) fp32, after bn0
+        if masks is not None:
+            # the original's SpecAugmentation sits here too: after bn0, before the bicubic stretch
+            feats = self.mask_features(feats[:, 0], masks)[:, None]
+        img = self.model.to_image(feats)
         with self.model_precision():
             return self.model.forward_image(img).float()
 

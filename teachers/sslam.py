@@ -46,7 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import CheckpointError, Teacher, load_strict, read_checkpoint, sha256_of, tensors_of, wrong_kind_hint
+from .base import (CheckpointError, SpecMask, Teacher, load_strict, read_checkpoint, sha256_of, tensors_of,
+                   wrong_kind_hint)
 from .frontends import KaldiFbank
 
 TEACHER = "sslam"
@@ -629,8 +630,16 @@ class SSLAMTeacher(Teacher):
         return (f"fbank zero-padded to {self.front_end.target_length} frames before normalisation "
                 "(as the original EAT/SSLAM inference)")
 
+    def centre_frequencies(self) -> torch.Tensor:
+        return self.front_end.centre_frequencies()
+
+    def frame_shift_ms(self) -> float:
+        return self.front_end.frame_shift
+
     @torch.inference_mode()
-    def window_logits(self, waveforms: Sequence[torch.Tensor]) -> torch.Tensor:
+    def window_logits(self, waveforms: Sequence[torch.Tensor],
+                      masks: Sequence[SpecMask | None] | None = None) -> torch.Tensor:
         feats = self.front_end([w.to(self.device) for w in waveforms])  # fp32 front end
+        feats = self.mask_features(feats, masks)  # on the normalised fbank
         with self.model_precision():
             return self.model(feats).float()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -11,6 +11,9 @@ from torch.utils.data import Dataset
 
 from dass_distill.data.audio import AudioError, read_audio
 from dass_distill.data.manifest import Manifest
+
+if TYPE_CHECKING:
+    from dass_distill.data.views import ViewSpec
 
 
 class TeacherTargets:
@@ -28,12 +31,13 @@ class TeacherTargets:
         self.combine = combine
         self.weights = weights
 
-    def get(self, clip_ids: list[str]) -> np.ndarray:
+    def get(self, clip_ids: list[str], views: list[int] | None = None) -> np.ndarray:
         if len(self.members) == 1:
-            return self.reader.get(clip_ids, self.members[0])
+            return self.reader.get(clip_ids, self.members[0], views=views)
         from dass_distill.teachers import combine_logits
 
-        stacked = torch.from_numpy(np.stack([self.reader.get(clip_ids, m).astype(np.float32) for m in self.members]))
+        stacked = torch.from_numpy(np.stack([self.reader.get(clip_ids, m, views=views).astype(np.float32)
+                                             for m in self.members]))
         return combine_logits(stacked, self.combine, self.weights).numpy()
 
 
@@ -55,6 +59,11 @@ class ClipDataset(Dataset):
 
     With ``teacher`` set, ``__getitems__`` reads the whole batch's teacher logits in one
     cache call (torch's DataLoader uses it for batched fetching).
+
+    With ``views`` (the cache's :class:`~dass_distill.data.views.ViewSpec`), indices are
+    ``(clip index, view)`` pairs and each item is that cached view replayed: the same
+    mixup partner and weight, shift, gain and SpecAugment masks the teacher saw; the
+    labels are mixed with the same weight.
     """
 
     def __init__(
@@ -65,6 +74,7 @@ class ClipDataset(Dataset):
         teacher: TeacherTargets | None = None,
         labels_only_ids: set[str] | None = None,
         memoize: bool = False,
+        views: "ViewSpec | None" = None,
     ) -> None:
         self.manifest = manifest
         self.featurize = featurize
@@ -72,7 +82,9 @@ class ClipDataset(Dataset):
         self.teacher = teacher
         self.labels_only_ids = labels_only_ids or set()
         self.targets = manifest.targets()
-        self._memo: dict[int, torch.Tensor] | None = {} if memoize else None
+        self.views = views
+        self._memo: dict[int, torch.Tensor] | None = {} if memoize and views is None else None
+        self._row_of = {c.id: i for i, c in enumerate(manifest.clips)} if views is not None else {}
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -86,10 +98,12 @@ class ClipDataset(Dataset):
             self._memo[index] = feats
         return feats
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index) -> dict:
         return self.__getitems__([index])[0]
 
-    def __getitems__(self, indices: list[int]) -> list[dict]:
+    def __getitems__(self, indices: list) -> list[dict]:
+        if self.views is not None:
+            return self._view_items(indices)
         items = []
         for i in indices:
             clip = self.manifest.clips[i]
@@ -101,9 +115,52 @@ class ClipDataset(Dataset):
             good = [it for it in items if "error" not in it]
             wanted = [it["id"] for it in good if it["id"] not in self.labels_only_ids]
             logits = dict(zip(wanted, self.teacher.get(wanted))) if wanted else {}
-            for it in good:
-                row = logits.get(it["id"])
-                it["teacher_logits"] = torch.from_numpy(row) if row is not None else torch.full_like(it["labels"], float("nan"))
+            self._attach(good, logits)
+        return items
+
+    def _attach(self, good: list[dict], logits: dict) -> None:
+        for it in good:
+            row = logits.get(it["id"])
+            it["teacher_logits"] = torch.from_numpy(row) if row is not None else torch.full_like(it["labels"], float("nan"))
+
+    def _view_items(self, indices: list[tuple[int, int]]) -> list[dict]:
+        from dass_distill.data.views import mask_features, render_view
+
+        reader = self.teacher.reader
+        pairs = [(int(i), int(v)) for i, v in indices]
+        cached = [(i, v) for i, v in pairs if self.manifest.clips[i].id not in self.labels_only_ids]
+        params = dict(zip(cached, reader.view_params([self.manifest.clips[i].id for i, _ in cached],
+                                                     [v for _, v in cached]))) if cached else {}
+        items = []
+        for i, v in pairs:
+            clip = self.manifest.clips[i]
+            try:
+                if (i, v) not in params:  # no cached views (labels-only clip): the clip as is
+                    items.append({"id": clip.id, "features": self._features(i),
+                                  "labels": torch.from_numpy(self.targets[i])})
+                    continue
+                p = params[(i, v)]
+                labels = torch.from_numpy(self.targets[i])
+                partner = None
+                if int(p["partner"]) >= 0:
+                    pid = reader.clip_id(int(p["partner"]))
+                    j = self._row_of.get(pid)
+                    if j is None:
+                        raise AudioError(f"view {v} mixes in clip {pid}, which is not in the training manifest")
+                    partner = read_audio(self.manifest.clips[j].path, self.sample_rate)
+                    lam = float(p["lam"])
+                    labels = lam * labels + (1.0 - lam) * torch.from_numpy(self.targets[j])
+                wave = render_view(read_audio(clip.path, self.sample_rate), partner, p, self.sample_rate, self.views)
+                items.append({"id": clip.id, "view": v, "labels": labels,
+                              "features": mask_features(self.featurize(wave), p)})
+            except AudioError as e:
+                items.append({"id": clip.id, "error": str(e)})
+        if self.teacher is not None:
+            good = [it for it in items if "error" not in it and "view" in it]
+            logits = (dict(zip([it["id"] for it in good], self.teacher.get([it["id"] for it in good],
+                                                                          [it["view"] for it in good])))
+                      if good else {})
+            self._attach([it for it in items if "error" not in it], logits)
         return items
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 
 import torch
 
@@ -64,3 +65,10 @@ def relaunch_with_deepspeed(argv: list[str], num_gpus: int, hostfile: str | None
     os.execv(launcher, cmd)  # replaces this process; the launcher reports the exit status
     return 0  # unreachable
 
+
+
+def relaunch_with_torchrun(argv: list[str], nproc: int) -> None:
+    """Re-run this CLI command under torchrun with ``nproc`` local processes (gloo/nccl rendezvous)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "dass_distill.cli", *argv]
+    os.execv(sys.executable, cmd)  # replaces this process; torchrun reports the exit status

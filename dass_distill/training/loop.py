@@ -158,6 +158,26 @@ def open_teacher_targets(cfg: TrainConfig, manifest: Manifest, label_map: LabelM
     return targets, manifest, labels_only
 
 
+def cached_views(cfg: TrainConfig, targets: TeacherTargets, model):
+    """The cache's augmented views, checked against the student's input; None for whole-clip caches."""
+    from dass_distill.data.views import ViewSpec
+
+    reader = targets.reader
+    if not reader.augmented:
+        return None
+    spec = ViewSpec.from_dict(reader.augment)
+    if spec.target_frames != cfg.data.target_length:
+        raise UserError(f"{cfg.distill.cache} holds views of {spec.target_frames} frames but data.target_length is "
+                        f"{cfg.data.target_length}; set data.target_length={spec.target_frames}")
+    if model.sample_rate != 16000:
+        raise UserError(f"cached views are replayed on the 16 kHz fbank grid; model {cfg.model} runs at "
+                        f"{model.sample_rate} Hz")
+    if rank() == 0:
+        console.print(f"[dim]replaying {spec.count} cached views per clip (mixup {spec.mixup:g}, SpecAugment "
+                      f"{spec.freq_mask}/{spec.time_mask} as the teacher saw them)")
+    return spec
+
+
 def teacher_summary(targets: TeacherTargets) -> dict:
     """What the run records about its teacher(s): provenance of every member and the combination."""
     prov = {m: targets.reader.provenance(m) for m in targets.members}
@@ -204,9 +224,11 @@ class Trainer:
         self.distilling = teacher is not None and cfg.distill.kd_weight > 0
         self.teacher_provenance = teacher_summary(teacher) if teacher is not None else None
 
+        self.views = cached_views(cfg, teacher, self.model) if teacher is not None else None
         dataset = ClipDataset(train_manifest, self.model.featurize, self.model.sample_rate, teacher,
-                              labels_only, memoize=cfg.data.memoize_features)
-        self.sampler = ResumableSampler(len(dataset), cfg.seed, rank(), world_size())
+                              labels_only, memoize=cfg.data.memoize_features, views=self.views)
+        self.sampler = ResumableSampler(len(dataset), cfg.seed, rank(), world_size(),
+                                        views=self.views.count if self.views else None)
         self.loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=self.sampler, collate_fn=collate,
                                  num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
                                  drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))
@@ -232,7 +254,9 @@ class Trainer:
         )
         self.dtype = PRECISION[cfg.deepspeed.precision]
         self.loss_fn = DistillationLoss(cfg.distill.kd_weight if self.distilling else 0.0, cfg.distill.temperature)
-        self.augment = SpecAugment(cfg.augment.freq_mask, cfg.augment.time_mask)
+        # Cached views carry their own masks (the ones the teacher saw): no second SpecAugment.
+        self.augment = (SpecAugment(cfg.augment.freq_mask, cfg.augment.time_mask) if self.views is None
+                        else torch.nn.Identity())
         self.state = TrainState()
 
         if self.is_main:

@@ -88,7 +88,7 @@ def test_round_trip_exact_fp16(tmp_path):
     assert r.num_classes == C
     assert r.teachers == ["ast"]
     a = r.attrs
-    assert a["format"] == FORMAT_NAME and a["format_version"] == FORMAT_VERSION == 1
+    assert a["format"] == FORMAT_NAME and a["format_version"] == FORMAT_VERSION == 2
     assert a["toolkit_version"] == "9.9" and a["command"] == "dass-distill cache --x 1"
     assert a["created_utc"].endswith("Z")
     assert clip_ids()[3] in r and "nope" not in r
@@ -99,14 +99,17 @@ def test_on_disk_layout(tmp_path):
     path = tmp_path / "c.h5"
     data = make_cache(path, rng)["ast"]
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == FORMAT_NAME and int(f.attrs["format_version"]) == 1
+        assert f.attrs["format"] == FORMAT_NAME and int(f.attrs["format_version"]) == 2
+        assert int(f["views"].attrs["count"]) == 1 and f["views"].attrs["augment"] == "null"
+        assert "views/params" not in f
+        assert json.loads(f["teachers/ast"].attrs["storage"]) == {"kind": "dense"}
         assert f["clips/id"].asstr()[()].tolist() == clip_ids()
         assert f["label_map/name"].asstr()[()].tolist() == labels()[1]
         ds = f["teachers/ast/logits"]
-        assert ds.dtype == np.float16 and ds.shape == (N, C) and ds.chunks == (CHUNK, C)
+        assert ds.dtype == np.float16 and ds.shape == (N, 1, C) and ds.chunks == (CHUNK, 1, C)
         assert ds.compression == "lzf"
         assert np.isnan(ds.fillvalue)
-        np.testing.assert_array_equal(ds[()], data.astype(np.float16))
+        np.testing.assert_array_equal(ds[:, 0], data.astype(np.float16))
         assert f["teachers/ast/written"].dtype == np.uint8
         assert f["teachers/ast/written"][()].tolist() == [1] * N
         assert json.loads(f["teachers/ast"].attrs["provenance"]) == PROV
@@ -161,7 +164,7 @@ def test_default_chunking_and_compression_options(tmp_path):
         r = LogitCacheReader(path)
         info = r.storage_info()
         assert info["compression"] == expect
-        assert info["chunks"] == (N, C)  # default chunk rows clamp to the clip count
+        assert info["chunks"] == (N, 1, C)  # default chunk rows clamp to the clip count
         np.testing.assert_array_equal(r.get(clip_ids()[::-1]), fp16(data)[::-1])
 
 
@@ -212,7 +215,7 @@ def test_unwritten_and_failed_rows(tmp_path):
     s = summarize(r)
     t = s["teachers"]["ast"]
     assert (s["rows"], s["failed"], t["written"], t["failed"], t["missing"]) == (N, 2, 40, 2, 8)
-    assert t["dtype"] == "float16" and t["compression"] == "lzf" and t["chunk_shape"] == [CHUNK, C]
+    assert t["dtype"] == "float16" and t["compression"] == "lzf" and t["chunk_shape"] == [CHUNK, 1, C]
     assert t["bytes_on_disk"] > 0 and t["bytes_per_row"] == t["bytes_on_disk"] / 40
     assert t["provenance"] == PROV and t["members"] == ["ast"]
     assert s["file_bytes"] == path.stat().st_size
@@ -353,11 +356,11 @@ def test_unknown_version_is_refused(tmp_path):
     path = tmp_path / "c.h5"
     make_cache(path, rng)
     with h5py.File(path, "r+") as f:
-        f.attrs["format_version"] = np.int64(2)
+        f.attrs["format_version"] = np.int64(3)
     with pytest.raises(CacheFormatError) as ei:
         LogitCacheReader(path)
     msg = str(ei.value)
-    assert str(path) in msg and "version 2" in msg and "reads version 1" in msg
+    assert str(path) in msg and "version 3" in msg and "reads versions 1, 2" in msg
     assert "upgrade dass-distill" in msg and "re-create" in msg and "\n" not in msg
 
 
@@ -469,7 +472,7 @@ def test_dataloader_workers(tmp_path, start_method, layout):
     order = [ids[i] for i in rng.permutation(N)]
     r = LogitCacheReader(path)
     direct = r.get(order)  # the parent opens a handle (or a memory map) before the workers start
-    assert (r._file is not None) if layout == "chunked" else ("ast" in r._maps)
+    assert (r._file is not None) if layout == "chunked" else ("teachers/ast/logits" in r._maps)
     loader = torch.utils.data.DataLoader(
         _CacheDataset(r, order), batch_size=4, num_workers=2,
         multiprocessing_context=start_method, shuffle=False,
@@ -498,7 +501,7 @@ def test_contiguous_layout_is_memory_mapped_and_exact(tmp_path):
     for t in ("ast", "htsat"):
         expected = fp16(data[t])[[ids.index(c) for c in order]]
         np.testing.assert_array_equal(r.get(order, t), expected)
-    assert set(r._maps) == {"ast", "htsat"} and r._file is None  # gathered from the maps, HDF5 never opened
+    assert set(r._maps) == {"teachers/ast/logits", "teachers/htsat/logits"} and r._file is None  # gathered from the maps, HDF5 never opened
     assert r.storage_info("ast")["layout"] == "contiguous (memory-mapped reads)"
     r2 = pickle.loads(pickle.dumps(r))  # spawn-style hand-off: maps are not pickled, rebuilt on use
     assert r2._maps == {}
@@ -524,4 +527,4 @@ def test_contiguous_layout_with_unwritten_rows_and_errors(tmp_path):
         r.get(ids[9:11], "ast")
     with pytest.raises(KeyError, match="never written"):
         r.get(ids[:1], "htsat")
-    assert "htsat" not in r._offsets
+    assert r._layout["teachers/htsat/logits"][1] is None  # unallocated: no offset to map
