@@ -26,7 +26,7 @@ def pack_indices(indices: np.ndarray, bits: int) -> np.ndarray:
     idx = np.asarray(indices, dtype=np.uint32)
     shifts = np.arange(bits - 1, -1, -1, dtype=np.uint32)
     bitplanes = ((idx[..., None] >> shifts) & 1).astype(np.uint8)  # (..., k, bits)
-    return np.packbits(bitplanes.reshape(*idx.shape[:-1], -1), axis=-1)
+    return np.packbits(bitplanes.reshape(*idx.shape[:-1], idx.shape[-1] * bits), axis=-1)  # explicit: (0, k) works too
 
 
 def unpack_indices(packed: np.ndarray, k: int, bits: int) -> np.ndarray:
@@ -101,7 +101,9 @@ class TopKStorage:
         return 2 * self.k + math.ceil(self.k * index_bits(num_classes) / 8) + 2
 
     def encode(self, logits: np.ndarray) -> dict[str, np.ndarray]:
-        x = np.asarray(logits, dtype=np.float32)
+        x = np.asarray(logits)
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float64)  # float64 input stays float64: values round to fp16 once, like dense storage
         c = x.shape[-1]
         self._check(c)
         # Ties broken by class index (stable sort of -x), so encoding is deterministic.

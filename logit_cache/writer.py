@@ -291,14 +291,14 @@ class LogitCacheWriter:
         if arr.shape != want:
             expect = f"(len(clip_ids), num_classes) = {want[::2]}" if self._views == 1 else f"(len(clip_ids), views, num_classes) = {want}"
             raise ValueError(f"logits shape {np.asarray(logits).shape} does not match {expect}")
-        bad = ~np.isfinite(arr).reshape(len(ids), -1).all(axis=1)
+        bad = ~np.isfinite(arr).reshape(len(ids), -1 if ids else 0).all(axis=1)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(
                 f"non-finite logits (NaN or inf) for clip {ids[i]!r} (teacher {teacher!r}); "
                 f"{int(bad.sum())} of {len(ids)} clips in this batch are affected"
             )
-        big = np.abs(arr).reshape(len(ids), -1).max(axis=1, initial=0) > _FP16_MAX
+        big = np.abs(arr).reshape(len(ids), -1 if ids else 0).max(axis=1, initial=0) > _FP16_MAX
         if big.any():
             i = int(np.flatnonzero(big)[0])
             raise ValueError(

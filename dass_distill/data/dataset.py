@@ -157,10 +157,12 @@ class ClipDataset(Dataset):
                 items.append({"id": clip.id, "error": str(e)})
         if self.teacher is not None:
             good = [it for it in items if "error" not in it and "view" in it]
-            logits = (dict(zip([it["id"] for it in good], self.teacher.get([it["id"] for it in good],
-                                                                          [it["view"] for it in good])))
-                      if good else {})
-            self._attach([it for it in items if "error" not in it], logits)
+            logits = self.teacher.get([it["id"] for it in good], [it["view"] for it in good]) if good else []
+            for it, row in zip(good, logits):
+                it["teacher_logits"] = torch.from_numpy(row)
+            for it in items:  # labels-only clips
+                if "error" not in it and "view" not in it:
+                    it["teacher_logits"] = torch.full_like(it["labels"], float("nan"))
         return items
 
 
