@@ -21,8 +21,10 @@ import torch
 
 from dass_distill.data.audio import AudioError, read_audio
 from dass_distill.data.manifest import Manifest
+from dass_distill.data.views import ViewSpec, render_view, spec_mask
 from dass_distill.errors import UserError
 from dass_distill.logit_cache import LogitCacheReader
+from dass_distill.logit_cache.storage import index_bits, unpack_indices
 from dass_distill.teachers import ClipPolicy, Ensemble, Teacher, load_teacher
 
 # float16 keeps 11 significant bits: a stored logit x is within |x| * 2^-11 of the teacher's.
@@ -111,24 +113,64 @@ def _verify(reader: LogitCacheReader, manifest: Manifest, n: int, specs: list[st
         if not candidates:
             raise UserError(f"no clip of the manifest has logits from teacher '{name}' in {reader.path}; "
                             f"nothing to verify")
-        picked = random.Random(seed).sample(candidates, min(n, len(candidates)))
-        log(f"rerunning teacher '{name}' on {len(picked)} cached clips")
+        rng = random.Random(seed)
+        picked = rng.sample(candidates, min(n, len(candidates)))
+        views = [rng.randrange(reader.views) for _ in picked]
+        what = f"cached views of {len(picked)} clips" if reader.augmented else f"{len(picked)} cached clips"
+        log(f"rerunning teacher '{name}' on {what}")
         teacher.to(device).eval()
-        clips, waves, unreadable = [], [], []
-        for clip_id in picked:
+        clips, fresh, unreadable = [], [], []
+        spec = ViewSpec.from_dict(reader.augment) if reader.augmented else None
+        for clip_id, view in zip(picked, views):
             try:
-                waves.append(read_audio(paths[clip_id], teacher.sample_rate))
-                clips.append(clip_id)
+                fresh.append(_rerun(teacher, reader, clip_id, view, paths, spec))
+                clips.append((clip_id, view))
             except AudioError:
                 unreadable.append(clip_id)
         if not clips:
             raise UserError(f"none of the {len(picked)} picked clips could be read; check the manifest's paths")
-        fresh = torch.cat([teacher.logits(waves[i:i + 8]).cpu() for i in range(0, len(waves), 8)]).numpy()
-        stored = reader.get(clips, name).astype(np.float32)
-        diff = np.abs(fresh - stored)
+        live_logits = np.stack(fresh)
+        ids, vs = [c for c, _ in clips], [v for _, v in clips]
+        stored, live = _comparable(reader, name, ids, vs, live_logits)
+        diff = np.abs(live - stored)
         excess = np.maximum(diff - np.abs(stored) * FP16_RELATIVE, 0.0)
-        out.append(Verification(name, clips, float(diff.max()), float(excess.max()), atol, unreadable))
+        out.append(Verification(name, ids, float(diff.max()), float(excess.max()), atol, unreadable))
     return out
+
+
+def _rerun(teacher: Teacher, reader: LogitCacheReader, clip_id: str, view: int, paths: dict[str, Path],
+           spec: ViewSpec | None) -> np.ndarray:
+    """The teacher's logits for one cached clip, or for one cached view replayed from its parameters."""
+    wave = read_audio(paths[clip_id], teacher.sample_rate)
+    if spec is None:
+        return teacher.logits([wave])[0].cpu().numpy()
+    p = reader.view_params([clip_id], [view])[0]
+    partner = None
+    if int(p["partner"]) >= 0:
+        pid = reader.clip_id(int(p["partner"]))
+        if pid not in paths:
+            raise AudioError(f"view {view} of {clip_id} mixes in {pid}, which the manifest does not locate")
+        partner = read_audio(paths[pid], teacher.sample_rate)
+    x = render_view(wave, partner, p, teacher.sample_rate, spec)[: teacher.window_samples]
+    with torch.inference_mode():
+        return teacher.window_logits([x.to(teacher.device)], masks=[spec_mask(p, spec)])[0].float().cpu().numpy()
+
+
+def _comparable(reader: LogitCacheReader, name: str, ids: list[str], views: list[int],
+                live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(stored, live) on what the cache keeps: every logit (dense), or the top-k classes and the rest value."""
+    storage = reader.storage(name)
+    if storage.kind == "dense":
+        return reader.get(ids, name, views=views), live
+    stored = reader.get_encoded(ids, name, views)
+    idx = unpack_indices(stored["topk_indices"], storage.k, index_bits(reader.num_classes))
+    # The rest rule applied to the live logits of the classes the cache did not keep.
+    rest = live.astype(np.float64).copy()
+    np.put_along_axis(rest, idx, -np.inf, axis=1)
+    m = rest.max(axis=1, keepdims=True)
+    live_rest = (m[:, 0] + np.log(np.exp(rest - m).sum(axis=1))) - np.log(reader.num_classes - storage.k)
+    return (np.concatenate([stored["topk_values"].astype(np.float32), stored["topk_rest"].astype(np.float32)[:, None]], 1),
+            np.concatenate([np.take_along_axis(live, idx, 1), live_rest.astype(np.float32)[:, None]], 1))
 
 
 def _teachers(reader: LogitCacheReader, specs: list[str] | None, allow_pickle: bool) -> dict[str, Teacher]:

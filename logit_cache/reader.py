@@ -395,12 +395,16 @@ class LogitCacheReader:
         with its rest rule (FORMAT.md). An id not in the cache, or one whose row was never
         written (e.g. failed audio), raises ``KeyError``.
         """
+        arrays = self.get_encoded(clip_ids, teacher, views)
+        return self._storage[self._teacher(teacher)].decode(arrays, self.num_classes).astype(np.float32, copy=False)
+
+    def get_encoded(self, clip_ids: Sequence[str], teacher: str | None = None,
+                    views: Sequence[int] | np.ndarray | int | None = None) -> dict[str, np.ndarray]:
+        """The stored arrays of the given views as they are on disk (e.g. top-k values, packed indices, rest)."""
         name = self._teacher(teacher)
         rows = self._rows(clip_ids, name)
         v = self._views_of(views, len(rows))
-        storage = self._storage[name]
-        arrays = {p.rsplit("/", 1)[1]: self._gather(p, rows, v) for p in self._paths(name)}
-        return storage.decode(arrays, self.num_classes).astype(np.float32, copy=False)
+        return {p.rsplit("/", 1)[1]: self._gather(p, rows, v) for p in self._paths(name)}
 
     def view_params(self, clip_ids: Sequence[str], views: Sequence[int] | np.ndarray | int) -> np.ndarray:
         """Replay parameters (``VIEW_PARAMS_DTYPE``, one per clip) of the given views of an augmented cache."""

@@ -192,3 +192,41 @@ def test_two_processes_under_torchrun_merge_to_the_single_process_file(tmp_path,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_contents(one, two)
+
+
+def test_verify_replays_views_and_catches_a_tampered_top_k_value(tmp_path, synth_data, ckpts):
+    from dass_distill.cache_check import check_cache
+
+    manifest = load_manifest(synth_data["train_manifest"])
+    out = tmp_path / "v.h5"
+    build_cache([load_teacher(f"ast:{ckpts['ast']}")], manifest, out, batch_size=4, num_workers=0, views=VIEWS,
+                storage="topk:5")
+    report = check_cache(out, manifest, verify=10)
+    (v,) = report.verifications
+    assert report.ok and len(v.clips) == 10 and 0 < v.max_abs_diff < 0.02 and v.max_excess <= 1e-3
+    with h5py.File(out, "r+") as f:  # every view's largest stored logit off by 0.5
+        ds = f["teachers/ast/topk_values"]
+        ds[:, :, 0] = ds[:, :, 0] + np.float16(0.5)
+    (v,) = check_cache(out, manifest, verify=4).verifications
+    assert not v.ok and v.max_abs_diff == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.slow
+def test_training_replays_cached_views(tmp_path, synth_data, ckpts):
+    from test_cli import cli
+
+    train = synth_data["train_manifest"]
+    out = tmp_path / "v.h5"
+    cli("cache", "--teacher", f"ast:{ckpts['ast']}", "--data", train, "--out", out, "--num-workers", 0,
+        "--views", 2, "--target-frames", 150, "--view-time-mask", 30, "--storage", "topk:4")
+    bad = cli("train", "--model", "dass_tiny", "--output-dir", tmp_path / "bad", f"data.train={train}",
+              f"distill.cache={out}", "optim.max_steps=1", "data.target_length=200", "data.num_workers=0", check=False)
+    assert bad.returncode != 0 and "set data.target_length=150" in bad.stderr
+    proc = cli("train", "--model", "dass_tiny", "--output-dir", tmp_path / "run", f"data.train={train}",
+               f"distill.cache={out}", "optim.max_steps=3", "data.target_length=150", "data.num_workers=1",
+               "optim.batch_size=4", "optim.warmup_steps=1")
+    assert "replaying 2 cached views per clip" in proc.stderr
+    import json
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["distilled"] and summary["steps"] == 3 and summary["skipped_clips"] == 0
