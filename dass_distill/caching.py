@@ -370,7 +370,7 @@ def _flush_block(parts: Path, first: int, items: list[dict], results: dict[str, 
         logits = np.concatenate(results[t.name]) if results[t.name] else np.zeros((0, t.num_classes), np.float32)
         if views is None:
             logits = logits[:, None]
-        data[t.name] = storage.encode(logits.reshape(len(rows), -1, logits.shape[-1]))
+        data[t.name] = storage.encode(logits.reshape(len(rows), views.count if views else 1, logits.shape[-1]))
     params = np.stack([it["params"] for it in good]) if views and good else (
         np.zeros((0, views.count), VIEW_PARAMS_DTYPE) if views else None)
     failed = {it["row"]: it["error"] for it in items if "error" in it}

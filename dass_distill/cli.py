@@ -137,7 +137,7 @@ def cache(
     _quiet_libraries()
     from dass_distill.errors import UserError
 
-    if procs > 1 and "WORLD_SIZE" not in os.environ:
+    if procs > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         from dass_distill.training.distributed import relaunch_with_torchrun
 
         relaunch_with_torchrun(_without_option(sys.argv[1:], "--procs"), procs)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from teacher_checkpoints import write_original_teachers
+from test_cli import clean_env
 
 from dass_distill.caching import build_cache
 from dass_distill.data.dataset import ClipDataset, TeacherTargets
@@ -145,7 +145,7 @@ def _cache_cmd(ckpts, manifest, out, *extra):
             "--block-clips", "2", "--views", "4", "--view-shift", "20", "--storage", "topk:5", *extra]
 
 
-ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "DASS_DISTILL_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+ENV = {**clean_env(), "DS_ACCELERATOR": "cpu", "DASS_DISTILL_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.mark.slow
@@ -230,3 +230,30 @@ def test_training_replays_cached_views(tmp_path, synth_data, ckpts):
 
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["distilled"] and summary["steps"] == 3 and summary["skipped_clips"] == 0
+
+
+def test_a_block_of_unreadable_clips_is_recorded_as_failed(tmp_path, synth_data, ckpts):
+    import json
+
+    src = Path(synth_data["train_manifest"])
+    doc = json.loads(src.read_text())
+    for entry in doc["data"]:
+        entry["wav"] = str(src.parent / entry["wav"])
+    for k, entry in enumerate(doc["data"][:2]):  # the whole first block
+        bad = tmp_path / f"broken{k}.wav"
+        bad.write_bytes(b"RIFF not really audio")
+        entry["wav"] = str(bad)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(doc))
+    (tmp_path / "class_labels_indices.csv").write_text(
+        (Path(synth_data["train_manifest"]).parent / "class_labels_indices.csv").read_text())
+    manifest = load_manifest(path)
+    out = tmp_path / "c.h5"
+    report = build_cache([load_teacher(f"ast:{ckpts['ast']}")], manifest, out, num_workers=0, block_clips=2,
+                         views=ViewSpec(count=2, mixup=1.0), storage="topk:3")
+    assert sorted(report.failed) == sorted(manifest.ids[:2]) and report.written == {"ast": len(manifest) - 2}
+    reader = LogitCacheReader(out)
+    assert list(reader.failed) == manifest.ids[:2] and not reader.written()[:2].any() and reader.written()[2:].all()
+    # views that drew a broken partner were kept without mixup, and say so
+    partners = reader.view_params(manifest.ids[2:], np.zeros(len(manifest) - 2, int))["partner"]
+    assert not np.isin(partners, [0, 1]).any()

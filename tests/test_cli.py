@@ -9,8 +9,17 @@ import sys
 import pytest
 
 
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def clean_env() -> dict:
+    """This process's environment without the rendezvous variables an in-process training run set
+    (a child would otherwise join that process group's port)."""
+    return {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+
+
 def cli(*args, cwd=None, check=True):
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "DASS_DISTILL_NO_PROGRESS": "1", "COLUMNS": "200"}
+    env = {**clean_env(), "DS_ACCELERATOR": "cpu", "DASS_DISTILL_NO_PROGRESS": "1", "COLUMNS": "200"}
     proc = subprocess.run([sys.executable, "-m", "dass_distill.cli", *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=600)
     if check and proc.returncode != 0:

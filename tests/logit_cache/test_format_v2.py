@@ -159,7 +159,7 @@ def test_topk_encode_decode():
     np.testing.assert_allclose(np.take_along_axis(p_dec, idx, -1), np.take_along_axis(p_dense, idx, -1), rtol=2e-3)
     np.testing.assert_allclose(p_dec.sum(-1), 1.0, rtol=1e-12)
     rest_dec = p_dec[~is_top].reshape(6, 2, c - k)
-    np.testing.assert_allclose(rest_dec, rest_dec[..., :1], rtol=1e-12)  # shared equally
+    np.testing.assert_allclose(rest_dec, np.broadcast_to(rest_dec[..., :1], rest_dec.shape), rtol=1e-12)  # shared equally
     np.testing.assert_allclose(rest_dec.sum(-1), 1.0 - np.take_along_axis(p_dense, idx, -1).sum(-1), rtol=2e-3)
     # Against the exact float64 softmax: log-probabilities off by at most fp16 rounding of the
     # class's own logit plus that of the normaliser's terms.
@@ -427,6 +427,12 @@ def test_write_encoded_round_trip(tmp_path):
             w.write_encoded("a", [ids[i] for i in sel], {k: v[sel] for k, v in enc.items()}, params[sel])
     r = LogitCacheReader(path)
     np.testing.assert_array_equal(r.get(ids, views=1), s.decode(enc, C)[:, 1])
+    v = rng.integers(0, 2, size=N)
+    got = r.get_encoded([ids[i] for i in perm], views=v)  # the stored arrays, as on disk
+    assert set(got) == set(enc)
+    for k, a in enc.items():
+        assert got[k].dtype == a.dtype
+        np.testing.assert_array_equal(got[k], a[perm, v])
     with h5py.File(path, "r") as f:
         for k, v in enc.items():
             np.testing.assert_array_equal(f[f"teachers/a/{k}"][()], v)
