@@ -7,13 +7,13 @@ Writes caches with ``LogitCacheWriter`` (one view per clip): dense fp16 with the
 writer's default chunking and LZF compression, with uncompressed chunks, and in the
 contiguous layout; then top-k (``--k``, default 20) storage in the contiguous layout.
 It times ``LogitCacheReader.get`` on random batches of clip ids (uniform without
-replacement, as a shuffled epoch draws them), each reader fresh so nothing starts
-cached. The references are numpy gathers from the same data held in memory: the fp16
-logits (fp16 -> fp32, as ``get`` returns), and the encoded top-k arrays gathered and
-decoded with the same rest rule. Every row shows its bytes per view: what the format
-stores per view, and what the file's datasets take on disk per view. The file is read
-warm (in the OS page cache), the case of a training node that has read the cache once;
-a cold read is disk-bound.
+replacement, as a shuffled epoch draws them): the median of ``--repeats`` passes over
+the batches, each pass with a fresh reader so nothing starts cached. The references
+are numpy gathers from the same data held in memory: the fp16 logits (fp16 -> fp32, as
+``get`` returns), and the encoded top-k arrays gathered and decoded with the same rest
+rule. Every row shows its bytes per view: what the format stores per view, and what the
+teacher's datasets take on disk per view. The file is read warm (in the OS page cache),
+the case of a training node that has read the cache once; a cold read is disk-bound.
 
 "At least 20x a GPU step" needs the consumption rate of a GPU training step, which no
 GPU here could measure: ``--gpu-clips-per-second`` (default 2000, an assumed upper
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +36,19 @@ from rich.table import Table
 STEP = 50_000
 
 
-def _time_batches(fn, batches: list[np.ndarray]) -> float:
-    t = time.perf_counter()
-    for b in batches:
-        fn(b)
-    return (time.perf_counter() - t) / len(batches)
+def _time_batches(make_fn, batches: list, repeats: int) -> float:
+    """Seconds per batch: the median over ``repeats`` passes of the mean over ``batches``.
+
+    ``make_fn()`` is called (untimed) before every pass, so each pass can start fresh.
+    """
+    passes = []
+    for _ in range(repeats):
+        fn = make_fn()
+        t = time.perf_counter()
+        for b in batches:
+            fn(b)
+        passes.append((time.perf_counter() - t) / len(batches))
+    return float(np.median(passes))
 
 
 def main() -> None:
@@ -48,6 +57,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=527)
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--batches", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5, help="timed passes over the batches; the median is shown")
     ap.add_argument("--k", type=int, default=20, help="k of the top-k rows")
     ap.add_argument("--gpu-clips-per-second", type=float, default=2000.0)
     args = ap.parse_args()
@@ -65,7 +75,10 @@ def main() -> None:
     # rows: (name, bytes per view of the format, bytes per view on disk or in memory, s / batch, reference s / batch)
     rows: list[tuple[str, int, float, float, float]] = []
 
-    numpy_s = _time_batches(lambda b: logits[b].astype(np.float32), batches)
+    def numpy_dense():
+        return lambda b: logits[b].astype(np.float32)
+
+    numpy_s = _time_batches(numpy_dense, batches, args.repeats)
     dense_bpv = dense.bytes_per_view(args.classes)
     rows.append(("numpy gather, dense fp16 in memory (reference)", dense_bpv, logits.nbytes / args.clips,
                  numpy_s, numpy_s))
@@ -73,7 +86,11 @@ def main() -> None:
     encoded = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     del parts
     topk_bpv = topk.bytes_per_view(args.classes)
-    topk_numpy_s = _time_batches(lambda b: topk.decode({k: v[b] for k, v in encoded.items()}, args.classes), batches)
+
+    def numpy_topk():
+        return lambda b: topk.decode({k: v[b] for k, v in encoded.items()}, args.classes)
+
+    topk_numpy_s = _time_batches(numpy_topk, batches, args.repeats)
     rows.append((f"numpy gather + decode, top-k {args.k} in memory (reference)", topk_bpv,
                  sum(a.nbytes for a in encoded.values()) / args.clips, topk_numpy_s, topk_numpy_s))
 
@@ -94,16 +111,20 @@ def main() -> None:
             reader.get(id_batches[0][:1], "t")  # open the handle and warm the page cache of the metadata
             for b in id_batches:  # warm the OS page cache: the warm case is what is measured
                 reader.get(b, "t")
-            reader = LogitCacheReader(path)  # fresh: empty chunk LRU
-            s = _time_batches(lambda b: reader.get(b, "t"), id_batches)
+
+            def fresh_get(path=path):  # every pass with a fresh reader: an empty chunk LRU
+                return partial(LogitCacheReader(path).get, teacher="t")
+
+            s = _time_batches(fresh_get, id_batches, args.repeats)
             mib = path.stat().st_size / 2**20
             kind = "dense" if storage == "dense" else f"top-k {args.k}"
-            how = f"chunks of {chunk_rows} rows" if layout == "chunked" else "contiguous, memory-mapped"
-            rows.append((f"LogitCacheReader.get, {kind}, {compression}, {how} ({mib:.0f} MiB, written in {write_s:.1f} s)",
+            how = (f"{'LZF' if compression == 'lzf' else 'uncompressed'} chunks of {chunk_rows} rows"
+                   if layout == "chunked" else "contiguous, memory-mapped")
+            rows.append((f"LogitCacheReader.get, {kind}, {how} ({mib:.0f} MiB, written in {write_s:.1f} s)",
                          info["bytes_per_view"], info["storage_bytes"] / args.clips, s, ref_s))
 
     table = Table(title=f"random batches of {args.batch} from {args.clips} clips x {args.classes} classes, "
-                        f"1 view per clip (mean of {args.batches})")
+                        f"1 view per clip (median of {args.repeats} passes, each the mean of {args.batches})")
     for col in ("reader", "B / view (format)", "B / view (disk)", "ms / batch", "views / s", "vs numpy dense",
                 "vs numpy same storage", f"vs GPU step ({args.gpu_clips_per_second:g}/s)"):
         table.add_column(col, justify="left" if col == "reader" else "right")
