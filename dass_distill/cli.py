@@ -190,7 +190,7 @@ def _without_option(argv: list[str], name: str) -> list[str]:
 @app.command("cache-info")
 @user_errors
 def cache_info(path: Path) -> None:
-    """Show what a logit cache holds: teachers, rows, storage and provenance."""
+    """Show what a logit cache holds: teachers, rows, views, storage and provenance."""
     from dass_distill.logit_cache import LogitCacheReader
     from dass_distill.logit_cache.info import summarize
 
@@ -201,20 +201,30 @@ def cache_info(path: Path) -> None:
     for key, value in summary.items():
         if key == "teachers":
             continue
+        if key == "views":
+            table.add_row("views", _views_text(value))
+            if value.get("augment") is not None:
+                table.add_row("augment", json.dumps(value["augment"]))
+            continue
         table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
     console.print(table)
     overview = Table(title="teachers")
-    for col in ("name", "kind", "ensemble", "written", "missing", "failed", "long clips", "checkpoint sha256"):
+    for col in ("name", "kind", "ensemble", "written", "missing", "failed", "views", "storage", "long clips",
+                "checkpoint sha256"):
         overview.add_column(col)
+    views = summary.get("views") or {}
     for name, t in summary.get("teachers", {}).items():
         prov = t.get("provenance") or {}
         clips = prov.get("clips") or {}
         long = clips.get("long")
-        if long == "windows":
+        if views.get("augmented"):
+            long = "- (views cut to the window)"
+        elif long == "windows":
             long = f"{clips.get('window_seconds', 0):.2f} s windows, hop {clips.get('hop_seconds')} s, {clips.get('aggregate')}"
         overview.add_row(name, str(prov.get("kind", "?")), str((prov.get("ensemble") or {}).get("name", "")),
-                         str(t["written"]), str(t["missing"]), str(t["failed"]), str(long or "?"),
-                         str(prov.get("checkpoint_sha256") or "")[:12])
+                         str(t["written"]), str(t["missing"]), str(t["failed"]),
+                         f"{views.get('count', 1)}{' augmented' if views.get('augmented') else ''}",
+                         _storage_text(t), str(long or "?"), str(prov.get("checkpoint_sha256") or "")[:12])
     console.print(overview)
     for name, t in summary.get("teachers", {}).items():
         tt = Table(title=f"teacher {name}", show_header=False)
@@ -224,6 +234,29 @@ def cache_info(path: Path) -> None:
             text = json.dumps(value, indent=1) if isinstance(value, dict) else json.dumps(value) if isinstance(value, list) else str(value)
             tt.add_row(key, text)
         console.print(tt)
+
+
+def _views_text(views: dict) -> str:
+    """``cache-info``: the views line, e.g. ``10 per clip, augmented (replay 16 B per view, 1.5 MiB on disk)``."""
+    count = views.get("count", 1)
+    if not views.get("augmented"):
+        return f"{count} per clip, the clip itself (not augmented)"
+    on_disk = views.get("params_bytes_on_disk")
+    disk = ""
+    if on_disk is not None:
+        size = next((f"{on_disk / 2**p:.1f} {u}" for p, u in ((30, "GiB"), (20, "MiB"), (10, "KiB")) if on_disk >= 2**p),
+                    f"{on_disk} B")
+        disk = f", {size} on disk"
+    return f"{count} per clip, augmented (replay {views.get('replay_bytes_per_view', 0)} B per view{disk})"
+
+
+def _storage_text(teacher: dict) -> str:
+    """``cache-info``: a teacher's storage cell, e.g. ``top-k 20, 67 B/view + 16 B replay``."""
+    storage = teacher.get("storage") or {}
+    kind = f"top-k {storage.get('k')}" if storage.get("kind") == "topk" else str(storage.get("kind", "?"))
+    text = f"{kind}, {teacher.get('bytes_per_view')} B/view"
+    replay = teacher.get("replay_bytes_per_view") or 0
+    return text + (f" + {replay} B replay" if replay else "")
 
 
 @app.command("cache-check")
@@ -294,9 +327,16 @@ def train(
     model: Annotated[Optional[str], typer.Option(help="model name (dass_tiny, dass_small, ast_tiny, ...); overrides the config")] = None,
     output_dir: Annotated[Optional[Path], typer.Option(help="run folder; overrides the config")] = None,
     hostfile: Annotated[Optional[Path], typer.Option(help="DeepSpeed hostfile for multi-node training")] = None,
+    procs: Annotated[Optional[int], typer.Option(help="processes on this machine (default: one per GPU, else 1); "
+                                                      "several CPU processes use gloo")] = None,
 ) -> None:
-    """Train a student (or an AST teacher) under DeepSpeed. Extra KEY=VALUE args override the config."""
+    """Train a student (or an AST teacher) under DeepSpeed. Extra KEY=VALUE args override the config.
+
+    One process on CPU; with several GPUs (or --procs N, or --hostfile) the command re-runs
+    itself under the deepspeed launcher, one process per GPU, on every host of the hostfile.
+    """
     _quiet_libraries()
+    from dass_distill.errors import UserError
     from dass_distill.training.config import load_config
     from dass_distill.training.distributed import launched_by_launcher, relaunch_with_deepspeed
     from dass_distill.training.loop import train as run_training
@@ -307,9 +347,14 @@ def train(
     if output_dir:
         overrides.append(f"output_dir={output_dir}")
     cfg = load_config(config, overrides)
-    n_gpu = _gpu_count()
-    if not launched_by_launcher() and (n_gpu > 1 or hostfile is not None):
-        relaunch_with_deepspeed(sys.argv[1:], n_gpu, str(hostfile) if hostfile else None)
+    if procs is not None and procs < 1:
+        raise UserError(f"--procs must be at least 1, got {procs}")
+    if hostfile is not None and not hostfile.is_file():
+        raise UserError(f"hostfile {hostfile} not found; pass a DeepSpeed hostfile (lines 'HOST slots=N')")
+    n_proc = procs if procs is not None else _gpu_count()
+    if not launched_by_launcher() and (n_proc > 1 or hostfile is not None):
+        relaunch_with_deepspeed(_without_option(sys.argv[1:], "--procs"), max(1, n_proc),
+                                str(hostfile) if hostfile else None)
     summary = run_training(cfg)
     if summary.get("best_mAP") is not None:
         console.print(f"done: {summary['steps']} steps, best eval mAP {summary['best_mAP']:.4f} "
@@ -331,7 +376,7 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="training run folder (or one of its checkpoints), or an exported student folder")],
     out: Annotated[Path, typer.Option(help="folder to write the exported model to (may be the exported folder itself)")],
     format: Annotated[Optional[list[str]], typer.Option("--format", "-f", help="hf (always written), onnx, pt2; repeatable or comma-separated")] = None,
-    tag: Annotated[Optional[str], typer.Option(help="checkpoint tag (default: best, else latest)")] = None,
+    tag: Annotated[Optional[str], typer.Option(help="checkpoint tag (default: best, else latest; 'averaged': the weight average)")] = None,
     atol: Annotated[float, typer.Option(help="largest |logit difference| against the checkpoint that an artefact may show")] = 1e-4,
 ) -> None:
     """Export a trained model as a Hugging Face-style folder, plus ONNX / torch.export files on request.
@@ -422,24 +467,75 @@ def evaluate(
     data: Annotated[Path, typer.Option(help="manifest to evaluate on")],
     label_map: Annotated[Optional[Path], typer.Option(help="class_labels_indices.csv (default: beside the manifest)")] = None,
     batch_size: int = 16,
-    output: Annotated[Optional[Path], typer.Option(help="write metrics as JSON")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="write metrics as JSON, with per-class AP/AUC (per_class)")] = None,
     backend: Annotated[str, typer.Option(help="torch, onnx or pt2 (which of the folder's files runs)")] = "torch",
+    per_class_csv: Annotated[Optional[Path], typer.Option(
+        help="write per-class AP and AUC as CSV (index, label_id, label, positives, ap, auc)")] = None,
+    top: Annotated[int, typer.Option(
+        help="show the N best and N worst classes by AP (all of them when 2N covers every class)", min=0)] = 10,
 ) -> None:
-    """mAP, d-prime and per-class AP of an exported model on a manifest."""
+    """mAP, mAUC, d-prime and per-class AP of an exported model on a manifest."""
     _quiet_libraries()
-    from dass_distill.evaluation import evaluate_tagger
+    from dass_distill.evaluation import evaluate_tagger, per_class_csv as per_class_csv_text
 
     result = evaluate_tagger(model, data, label_map, batch_size, backend=backend)
-    table = Table(title=f"{model} on {data}")
-    table.add_column("class")
-    table.add_column("AP", justify="right")
-    for name, ap in zip(result["label_names"], result["per_class_ap"]):
-        table.add_row(name, "n/a" if ap != ap else f"{ap:.4f}")
-    console.print(table)
-    console.print(f"mAP {result['mAP']:.4f}   mAUC {result['mAUC']:.4f}   d' {result['d_prime']:.3f}   "
-                  f"({result['clips']} clips, {len(result['errors'])} unreadable)")
+    console.print(_evaluation_overview(result, f"{model} on {data}"))
+    for table in _evaluation_class_tables(result["per_class"], top):
+        console.print(table)
     if output:
         output.write_text(json.dumps(result, indent=2))
+    if per_class_csv:
+        per_class_csv.write_text(per_class_csv_text(result["per_class"]))
+
+
+def _evaluation_overview(result: dict, title: str) -> Table:
+    """``evaluate``: the overall metrics as a two-column table."""
+    import math
+
+    fmt = lambda v, digits: "n/a" if not math.isfinite(v) else f"{v:.{digits}f}"
+    records = result["per_class"]
+    with_ap = sum(math.isfinite(r["ap"]) for r in records)
+    with_auc = sum(math.isfinite(r["auc"]) for r in records)
+    table = Table(title=title, show_header=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("mAP", fmt(result["mAP"], 4))
+    table.add_row("mAUC", fmt(result["mAUC"], 4))
+    table.add_row("d-prime", fmt(result["d_prime"], 3))
+    table.add_row("clips", str(result["clips"]))
+    table.add_row("unreadable clips", str(len(result["errors"])))
+    table.add_row("classes in mAP", f"{with_ap} of {len(records)}" + (" (the rest have no positive)" if with_ap < len(records) else ""))
+    if with_auc != with_ap:
+        table.add_row("classes in mAUC", f"{with_auc} of {len(records)} (AUC needs positives and negatives)")
+    return table
+
+
+def _evaluation_class_tables(records: list[dict], top: int) -> list[Table]:
+    """``evaluate``: the ``top`` best and worst classes by AP, or all classes ranked when they overlap."""
+    import math
+
+    from dass_distill.evaluation import best_and_worst
+
+    ranked = sum(math.isfinite(r["ap"]) for r in records)
+    if top == 0 or ranked == 0:
+        return []
+    if 2 * top >= ranked:
+        return [_class_table(best_and_worst(records, ranked)[0], f"all {ranked} classes by AP")]
+    best, worst = best_and_worst(records, top)
+    return [_class_table(best, f"best {top} classes by AP"), _class_table(worst, f"worst {top} classes by AP")]
+
+
+def _class_table(rows: list[dict], title: str) -> Table:
+    import math
+
+    table = Table(title=title)
+    for col, justify in (("index", "right"), ("class", "left"), ("label id", "left"), ("positives", "right"),
+                         ("AP", "right"), ("AUC", "right")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        table.add_row(str(r["index"]), r["label"], r["label_id"], str(r["positives"]), f"{r['ap']:.4f}",
+                      "n/a" if not math.isfinite(r["auc"]) else f"{r['auc']:.4f}")
+    return table
 
 
 # --------------------------------------------------------------------------- demo

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import csv
+import io
+import math
+
 import numpy as np
 import torch
 
@@ -67,5 +71,37 @@ def evaluate_tagger(folder, data, label_map=None, batch_size: int = 16, num_work
     with make_progress() as progress:
         task = progress.add_task("evaluate", total=len(manifest))
         scores = score_batches(tagger.module, loader, on_batch=lambda n: progress.advance(task, n))
-    return {**scores.metrics(), "clips": len(scores.ids), "errors": scores.errors,
-            "label_names": list(manifest.label_map.names)}
+    metrics = scores.metrics()
+    label_ids, label_names = list(manifest.label_map.ids), list(manifest.label_map.names)
+    return {**metrics, "clips": len(scores.ids), "errors": scores.errors,
+            "label_ids": label_ids, "label_names": label_names,
+            "per_class": per_class_records(label_ids, label_names, metrics)}
+
+
+def per_class_records(label_ids, label_names, metrics: dict) -> list[dict]:
+    """One dict per class, in label-map order: index, label_id, label, positives, ap, auc
+    (NaN where undefined: no positive for AP, no positive or no negative for AUC)."""
+    return [{"index": i, "label_id": mid, "label": name, "positives": int(pos), "ap": float(ap), "auc": float(auc)}
+            for i, (mid, name, pos, ap, auc) in enumerate(zip(label_ids, label_names, metrics["positives"],
+                                                              metrics["per_class_ap"], metrics["per_class_auc"]))]
+
+
+def best_and_worst(records: list[dict], n: int) -> tuple[list[dict], list[dict]]:
+    """The ``n`` classes of highest AP (best first) and of lowest AP (worst first); classes
+    without an AP are left out. Ties keep label-map order."""
+    ranked = sorted((r for r in records if math.isfinite(r["ap"])), key=lambda r: -r["ap"])
+    n = max(0, min(n, len(ranked)))
+    return ranked[:n], sorted(ranked, key=lambda r: r["ap"])[:n]
+
+
+PER_CLASS_CSV_FIELDS = ["index", "label_id", "label", "positives", "ap", "auc"]
+
+
+def per_class_csv(records: list[dict]) -> str:
+    """CSV text of :func:`per_class_records` (empty cells where a value is undefined)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=PER_CLASS_CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({**r, **{k: f"{r[k]:.6f}" if math.isfinite(r[k]) else "" for k in ("ap", "auc")}})
+    return buf.getvalue()

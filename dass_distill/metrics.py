@@ -3,7 +3,7 @@
 Average precision follows scikit-learn's ``average_precision_score`` (the
 definition AST and DASS report): the sum over distinct score thresholds of
 precision times the recall step. Classes without a positive example are left out
-of the mean.
+of the mean; ROC AUC (and so d-prime) also needs a negative example.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 import torch
+
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
 
 
 def _class_curves(scores: np.ndarray, targets: np.ndarray):
@@ -49,7 +51,7 @@ def roc_auc(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
             continue
         tps, fps = _class_curves(scores[:, c], targets[:, c])
         tpr, fpr = np.r_[0.0, tps / pos], np.r_[0.0, fps / neg]
-        auc[c] = np.trapezoid(tpr, fpr)
+        auc[c] = _trapezoid(tpr, fpr)
     return auc
 
 
@@ -59,7 +61,8 @@ def d_prime(auc: float) -> float:
 
 
 def tagging_metrics(scores: np.ndarray, targets: np.ndarray) -> dict:
-    """mAP, mean AUC, d-prime and per-class AP of (N, C) scores against multi-hot targets."""
+    """mAP, mean AUC, d-prime and per-class AP / AUC / positive counts of (N, C) scores
+    against multi-hot targets. Per-class values are NaN where undefined (see the module doc)."""
     ap = average_precision(scores, targets)
     auc = roc_auc(scores, targets)
     mean_auc = float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan")
@@ -68,4 +71,6 @@ def tagging_metrics(scores: np.ndarray, targets: np.ndarray) -> dict:
         "mAUC": mean_auc,
         "d_prime": d_prime(mean_auc) if math.isfinite(mean_auc) else float("nan"),
         "per_class_ap": ap.tolist(),
+        "per_class_auc": auc.tolist(),
+        "positives": (np.asarray(targets) > 0.5).sum(axis=0).astype(int).tolist(),
     }

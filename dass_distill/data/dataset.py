@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -41,13 +41,25 @@ class TeacherTargets:
         return combine_logits(stacked, self.combine, self.weights).numpy()
 
 
+class Sample(NamedTuple):
+    """One training item: clip index, cached view (-1: the whole clip), mixup partner index (-1: none)
+    and the weight ``lam`` of the clip itself in the mix."""
+
+    index: int
+    view: int = -1
+    partner: int = -1
+    lam: float = 1.0
+
+
 @dataclass
 class Batch:
     features: torch.Tensor  # (B, T, F)
-    labels: torch.Tensor  # (B, C)
+    labels: torch.Tensor  # (B, C), mixed like the inputs
     ids: list[str]
     teacher_logits: torch.Tensor | None = None  # (B, C); rows of NaN = no teacher for that clip
     errors: list[tuple[str, str]] = field(default_factory=list)  # (clip id, reason) of skipped clips
+    partner_logits: torch.Tensor | None = None  # (B, C) teacher logits of the mixup partners (NaN: none)
+    lam: torch.Tensor | None = None  # (B,) weight of each clip in its mix (1: not mixed)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -57,13 +69,17 @@ class ClipDataset(Dataset):
     """Items are dicts with ``features`` (T, F), ``labels`` (C,), ``id``; a clip that cannot
     be decoded yields ``{"id", "error"}`` so the collate step can skip and report it.
 
-    With ``teacher`` set, ``__getitems__`` reads the whole batch's teacher logits in one
-    cache call (torch's DataLoader uses it for batched fetching).
+    Indices are ints or :class:`Sample` tuples. With ``teacher`` set, ``__getitems__`` reads
+    the whole batch's teacher logits in one cache call per member (torch's DataLoader uses
+    it for batched fetching).
 
-    With ``views`` (the cache's :class:`~dass_distill.data.views.ViewSpec`), indices are
-    ``(clip index, view)`` pairs and each item is that cached view replayed: the same
-    mixup partner and weight, shift, gain and SpecAugment masks the teacher saw; the
-    labels are mixed with the same weight.
+    - ``Sample(i, view=v)`` (needs ``views``, the cache's
+      :class:`~dass_distill.data.views.ViewSpec`): cached view ``v`` replayed exactly: the
+      mixup partner and weight, shift, gain and SpecAugment masks the teacher saw; labels
+      mixed with the same weight; the teacher target is that view's logits.
+    - ``Sample(i, partner=j, lam=l)``: waveform mixup ``l * x_i + (1 - l) * x_j`` (partner
+      cut or padded to the clip's length), labels mixed the same way, and the teacher
+      targets of both clips returned (``partner_logits``, ``lam``) for the loss to mix.
     """
 
     def __init__(
@@ -83,7 +99,7 @@ class ClipDataset(Dataset):
         self.labels_only_ids = labels_only_ids or set()
         self.targets = manifest.targets()
         self.views = views
-        self._memo: dict[int, torch.Tensor] | None = {} if memoize and views is None else None
+        self._memo: dict[int, torch.Tensor] | None = {} if memoize else None
         self._row_of = {c.id: i for i, c in enumerate(manifest.clips)} if views is not None else {}
 
     def __len__(self) -> int:
@@ -92,78 +108,97 @@ class ClipDataset(Dataset):
     def _features(self, index: int) -> torch.Tensor:
         if self._memo is not None and index in self._memo:
             return self._memo[index]
-        wave = read_audio(self.manifest.clips[index].path, self.sample_rate)
-        feats = self.featurize(wave)
+        feats = self.featurize(self._wave(index))
         if self._memo is not None:
             self._memo[index] = feats
         return feats
+
+    def _wave(self, index: int) -> torch.Tensor:
+        return read_audio(self.manifest.clips[index].path, self.sample_rate)
+
+    def _labels(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(self.targets[index])
 
     def __getitem__(self, index) -> dict:
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list) -> list[dict]:
-        if self.views is not None:
-            return self._view_items(indices)
+        samples = [s if isinstance(s, tuple) else Sample(int(s)) for s in indices]
+        samples = [Sample(*s) for s in samples]
+        view_params = self._view_params(samples)
         items = []
-        for i in indices:
-            clip = self.manifest.clips[i]
+        for s in samples:
+            clip = self.manifest.clips[s.index]
             try:
-                items.append({"id": clip.id, "features": self._features(i), "labels": torch.from_numpy(self.targets[i])})
+                if s.view >= 0 and clip.id not in self.labels_only_ids:
+                    items.append(self._view_item(s, view_params[(s.index, s.view)]))
+                elif s.partner >= 0:
+                    items.append(self._mixup_item(s))
+                else:
+                    items.append({"id": clip.id, "features": self._features(s.index), "labels": self._labels(s.index)})
             except AudioError as e:
                 items.append({"id": clip.id, "error": str(e)})
         if self.teacher is not None:
-            good = [it for it in items if "error" not in it]
-            wanted = [it["id"] for it in good if it["id"] not in self.labels_only_ids]
-            logits = dict(zip(wanted, self.teacher.get(wanted))) if wanted else {}
-            self._attach(good, logits)
+            self._attach_teacher([it for it in items if "error" not in it])
         return items
 
-    def _attach(self, good: list[dict], logits: dict) -> None:
-        for it in good:
-            row = logits.get(it["id"])
-            it["teacher_logits"] = torch.from_numpy(row) if row is not None else torch.full_like(it["labels"], float("nan"))
+    def _view_params(self, samples: list[Sample]) -> dict:
+        wanted = [(s.index, s.view) for s in samples
+                  if s.view >= 0 and self.manifest.clips[s.index].id not in self.labels_only_ids]
+        if not wanted:
+            return {}
+        if self.views is None or self.teacher is None:
+            raise ValueError("samples name cached views, but this dataset has no cache with views")
+        params = self.teacher.reader.view_params([self.manifest.clips[i].id for i, _ in wanted], [v for _, v in wanted])
+        return dict(zip(wanted, params))
 
-    def _view_items(self, indices: list[tuple[int, int]]) -> list[dict]:
+    def _view_item(self, s: Sample, p) -> dict:
         from dass_distill.data.views import mask_features, render_view
 
-        reader = self.teacher.reader
-        pairs = [(int(i), int(v)) for i, v in indices]
-        cached = [(i, v) for i, v in pairs if self.manifest.clips[i].id not in self.labels_only_ids]
-        params = dict(zip(cached, reader.view_params([self.manifest.clips[i].id for i, _ in cached],
-                                                     [v for _, v in cached]))) if cached else {}
-        items = []
-        for i, v in pairs:
-            clip = self.manifest.clips[i]
-            try:
-                if (i, v) not in params:  # no cached views (labels-only clip): the clip as is
-                    items.append({"id": clip.id, "features": self._features(i),
-                                  "labels": torch.from_numpy(self.targets[i])})
-                    continue
-                p = params[(i, v)]
-                labels = torch.from_numpy(self.targets[i])
-                partner = None
-                if int(p["partner"]) >= 0:
-                    pid = reader.clip_id(int(p["partner"]))
-                    j = self._row_of.get(pid)
-                    if j is None:
-                        raise AudioError(f"view {v} mixes in clip {pid}, which is not in the training manifest")
-                    partner = read_audio(self.manifest.clips[j].path, self.sample_rate)
-                    lam = float(p["lam"])
-                    labels = lam * labels + (1.0 - lam) * torch.from_numpy(self.targets[j])
-                wave = render_view(read_audio(clip.path, self.sample_rate), partner, p, self.sample_rate, self.views)
-                items.append({"id": clip.id, "view": v, "labels": labels,
-                              "features": mask_features(self.featurize(wave), p)})
-            except AudioError as e:
-                items.append({"id": clip.id, "error": str(e)})
-        if self.teacher is not None:
-            good = [it for it in items if "error" not in it and "view" in it]
-            logits = self.teacher.get([it["id"] for it in good], [it["view"] for it in good]) if good else []
-            for it, row in zip(good, logits):
+        clip = self.manifest.clips[s.index]
+        labels = self._labels(s.index)
+        partner = None
+        if int(p["partner"]) >= 0:
+            pid = self.teacher.reader.clip_id(int(p["partner"]))
+            j = self._row_of.get(pid)
+            if j is None:
+                raise AudioError(f"view {s.view} mixes in clip {pid}, which is not in the training manifest")
+            partner = self._wave(j)
+            lam = float(p["lam"])
+            labels = lam * labels + (1.0 - lam) * self._labels(j)
+        wave = render_view(self._wave(s.index), partner, p, self.sample_rate, self.views)
+        return {"id": clip.id, "view": s.view, "labels": labels, "features": mask_features(self.featurize(wave), p)}
+
+    def _mixup_item(self, s: Sample) -> dict:
+        a, b = self._wave(s.index), self._wave(s.partner)
+        b = b[: a.numel()] if b.numel() >= a.numel() else torch.nn.functional.pad(b, (0, a.numel() - b.numel()))
+        lam = float(s.lam)
+        return {"id": self.manifest.clips[s.index].id, "features": self.featurize(lam * a + (1.0 - lam) * b),
+                "labels": lam * self._labels(s.index) + (1.0 - lam) * self._labels(s.partner),
+                "partner_id": self.manifest.clips[s.partner].id, "lam": lam}
+
+    def _attach_teacher(self, good: list[dict]) -> None:
+        """Teacher logits per item (NaN rows where the cache has none), read in one call per kind."""
+        nan = torch.full((self.targets.shape[1],), float("nan"))
+        for it in good:
+            it["teacher_logits"] = nan
+        viewed = [it for it in good if "view" in it]
+        if viewed:
+            logits = self.teacher.get([it["id"] for it in viewed], [it["view"] for it in viewed])
+            for it, row in zip(viewed, logits):
                 it["teacher_logits"] = torch.from_numpy(row)
-            for it in items:  # labels-only clips
-                if "error" not in it and "view" not in it:
-                    it["teacher_logits"] = torch.full_like(it["labels"], float("nan"))
-        return items
+        plain = [it for it in good if "view" not in it and it["id"] not in self.labels_only_ids]
+        ids = sorted({it["id"] for it in plain} | {it["partner_id"] for it in good if "partner_id" in it
+                                                   and it["partner_id"] not in self.labels_only_ids})
+        if not ids:
+            return
+        found = dict(zip(ids, self.teacher.get(ids)))
+        for it in plain:
+            it["teacher_logits"] = torch.from_numpy(found[it["id"]])
+        for it in good:
+            if "partner_id" in it:
+                row = found.get(it["partner_id"])
+                it["partner_logits"] = torch.from_numpy(row) if row is not None else nan
 
 
 def collate(items: list[dict]) -> Batch:
@@ -173,12 +208,20 @@ def collate(items: list[dict]) -> Batch:
     if not good:
         return Batch(torch.empty(0), torch.empty(0), [], None, errors)
     teacher = torch.stack([it["teacher_logits"] for it in good]) if "teacher_logits" in good[0] else None
+    partner = lam = None
+    if any("lam" in it for it in good):
+        lam = torch.tensor([it.get("lam", 1.0) for it in good], dtype=torch.float32)
+        if teacher is not None:
+            partner = torch.stack([it.get("partner_logits", torch.full_like(it["teacher_logits"], float("nan")))
+                                   for it in good])
     return Batch(
         torch.stack([it["features"] for it in good]),
-        torch.stack([it["labels"] for it in good]),
+        torch.stack([it["labels"] for it in good]).float(),
         [it["id"] for it in good],
         teacher,
         errors,
+        partner,
+        lam,
     )
 
 

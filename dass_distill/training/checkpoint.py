@@ -4,6 +4,8 @@
     RUN/model.json             model name, family, front-end length, label map, overrides
     RUN/checkpoints/<tag>/     DeepSpeed checkpoints (tags step_XXXXXXX and best)
     RUN/checkpoints/latest     DeepSpeed's pointer to the newest step checkpoint
+    RUN/checkpoints/averaged/  running mean of epoch-end weights (weight_averaging), fp32;
+                               epochs.json names the current file
     RUN/metrics.csv            one row per log/eval event
     RUN/summary.json           final and best evaluation results
 """
@@ -22,6 +24,7 @@ from dass_distill.models import TrainableModel, build_model
 
 MODEL_INFO = "model.json"
 CHECKPOINTS = "checkpoints"
+AVERAGED = "averaged"
 
 
 @dataclass
@@ -83,7 +86,9 @@ def resolve_checkpoint(path: Path, tag: str | None = None) -> tuple[Path, Path, 
 
 
 def consolidated_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
-    """fp32 module weights from a DeepSpeed checkpoint of any ZeRO stage."""
+    """fp32 module weights from a DeepSpeed checkpoint of any ZeRO stage, or the weight average (tag ``averaged``)."""
+    if tag == AVERAGED:
+        return _averaged(ckpt_dir / AVERAGED)
     states = _model_states(ckpt_dir / tag)
     stage = int((states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0))
     if stage > 0:  # weights are partitioned across the optimizer-state files
@@ -91,6 +96,15 @@ def consolidated_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]
 
         return dict(get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag))
     return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
+
+
+def _averaged(folder: Path) -> dict[str, torch.Tensor]:
+    index = folder / "epochs.json"
+    if not index.is_file():
+        raise UserError(f"{folder} holds no weight average yet (no epochs.json); train at least one epoch with "
+                        f"weight_averaging.enabled=true")
+    doc = json.loads(index.read_text())
+    return torch.load(folder / doc["file"], map_location="cpu", weights_only=True)
 
 
 def _model_states(tag_dir: Path) -> dict:

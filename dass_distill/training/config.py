@@ -22,6 +22,8 @@ class DataConfig(_Section):
     target_length: int = Field(1024, gt=0, description="frames per clip (10 ms hop); 1024 ~ 10 s")
     num_workers: int = Field(2, ge=0)
     memoize_features: bool = Field(False, description="keep computed fbanks in RAM (small datasets only)")
+    balanced_sampling: bool = Field(
+        False, description="draw clips with replacement, weight = sum over labels of 1000 / (label count + 0.01) (AST/DASS)")
 
 
 class DistillConfig(_Section):
@@ -32,20 +34,46 @@ class DistillConfig(_Section):
     combine: Literal["prob_mean", "logit_mean"] | None = Field(
         None, description="how ensemble members are combined; default: the ensemble's own choice, else prob_mean")
     member_weights: dict[str, float] | None = Field(None, description="per-member weights (normalised); default equal")
-    kd_weight: float = Field(0.5, ge=0.0, le=1.0)
-    temperature: float = Field(1.0, gt=0.0)
+    kd_weight: float = Field(0.5, ge=0.0, le=1.0, description="w in (1 - w) * label BCE + w * KD; 0 = labels only")
+    temperature: float = Field(1.0, gt=0.0, description="T, applied to the teacher logits only (as DASS)")
+    kd_loss: Literal["kl_softmax", "bce_sigmoid"] = Field(
+        "kl_softmax", description="KD term: KL(softmax(t/T) || softmax(s)) (DASS), or per-class "
+                                  "BCE(s, sigmoid(t/T)) (EfficientAT / CED)")
+    t2_scaling: bool = Field(False, description="multiply the KD term by T^2 (Hinton); DASS does not")
+    labels: bool = Field(True, description="false: label-free distillation (CED), the loss is the KD term alone")
     missing: Literal["error", "skip", "labels_only"] = Field(
         "error", description="clips of the manifest absent from the cache: refuse, drop them, or train them on labels only"
     )
 
+    @model_validator(mode="after")
+    def _label_free_needs_teacher(self) -> "DistillConfig":
+        if not self.labels:
+            if self.kd_weight == 0:
+                raise ValueError("labels=false (label-free distillation) trains on the teacher alone and needs "
+                                 "kd_weight > 0 (its value is otherwise unused)")
+            if self.cache is None:
+                raise ValueError("labels=false (label-free distillation) needs teacher logits: set distill.cache")
+            if self.missing == "labels_only":
+                raise ValueError("labels=false (label-free distillation) cannot train clips missing from the cache "
+                                 "on labels; set distill.missing=skip or distill.missing=error")
+        return self
+
 
 class AugmentConfig(_Section):
-    freq_mask: int = Field(48, ge=0)
-    time_mask: int = Field(192, ge=0)
+    freq_mask: int = Field(48, ge=0, description="SpecAugment frequency mask width limit (ignored with cached views)")
+    time_mask: int = Field(192, ge=0, description="SpecAugment time mask width limit (ignored with cached views)")
+    mixup: float = Field(0.0, ge=0.0, le=1.0, description="share of clips mixed with another (waveform mixup); "
+                                                            "with cached views, the views' own mixup is used")
+    mixup_alpha: float = Field(10.0, gt=0.0, description="mixup weight lambda ~ Beta(alpha, alpha)")
 
 
 class OptimConfig(_Section):
     batch_size: int = Field(12, gt=0, description="clips per step per process (micro batch)")
+    optimizer: Literal["adam", "adamw"] = Field(
+        "adam", description="adam: L2 weight decay in the gradient (DASS); adamw: decoupled weight decay")
+    schedule: Literal["epoch_decay", "cosine"] = Field(
+        "epoch_decay", description="after warm-up: lr_decay once per epoch from lr_decay_start_epoch (DASS), "
+                                   "or cosine to 0 over the run")
     lr: float = Field(1e-4, gt=0)
     betas: tuple[float, float] = (0.95, 0.999)
     weight_decay: float = Field(5e-7, ge=0)
@@ -54,6 +82,7 @@ class OptimConfig(_Section):
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
     lr_decay_start_epoch: int = Field(2, ge=1, description="first epoch whose lr is multiplied by lr_decay")
     lr_decay: float = Field(0.5, gt=0, le=1)
+    max_nonfinite: int = Field(20, ge=0, description="stop after this many steps with a NaN/inf loss (each is skipped)")
 
 
 class DeepSpeedSection(_Section):
@@ -62,6 +91,11 @@ class DeepSpeedSection(_Section):
     gradient_accumulation_steps: int = Field(1, gt=0)
     gradient_clipping: float = Field(0.0, ge=0)
     config: dict[str, Any] = Field(default_factory=dict, description="extra DeepSpeed config keys, merged last")
+
+
+class WeightAveragingConfig(_Section):
+    enabled: bool = Field(False, description="average the weights of the epoch-end checkpoints (DASS)")
+    start_epoch: int = Field(1, ge=1, description="first epoch whose weights enter the average")
 
 
 class TrainConfig(_Section):
@@ -77,6 +111,7 @@ class TrainConfig(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    weight_averaging: WeightAveragingConfig = Field(default_factory=WeightAveragingConfig)
     eval_every: int | None = Field(None, gt=0, description="steps between evaluations; default once per epoch")
     save_every: int | None = Field(None, gt=0, description="steps between checkpoints; default once per epoch")
     keep_checkpoints: int = Field(2, ge=1)

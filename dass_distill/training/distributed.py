@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import sys
 
@@ -52,19 +51,18 @@ def launched_by_launcher() -> bool:
 
 
 def relaunch_with_deepspeed(argv: list[str], num_gpus: int, hostfile: str | None = None) -> int:
-    """Re-run this CLI command under the ``deepspeed`` launcher, one process per GPU."""
-    launcher = shutil.which("deepspeed")
-    if launcher is None:
-        raise RuntimeError("the 'deepspeed' launcher is not on PATH; activate the environment that installed dass-distill")
-    cmd = [launcher]
+    """Re-run this CLI command under the ``deepspeed`` launcher: ``num_gpus`` processes here
+    (one per GPU; on CPU, gloo processes), or every host of ``hostfile`` (DeepSpeed's own
+    multi-node launch over pdsh/ssh)."""
+    # The launcher's module, run by this interpreter: works whether or not the venv's bin/ is on PATH.
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner"]
     if hostfile:
         cmd += ["--hostfile", hostfile]
     else:
         cmd += ["--num_gpus", str(num_gpus)]
     cmd += ["--no_local_rank", "--module", "dass_distill.cli", *argv]
-    os.execv(launcher, cmd)  # replaces this process; the launcher reports the exit status
+    os.execv(sys.executable, cmd)  # replaces this process; the launcher reports the exit status
     return 0  # unreachable
-
 
 
 def relaunch_with_torchrun(argv: list[str], nproc: int) -> None:

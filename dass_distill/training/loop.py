@@ -5,14 +5,13 @@ Read top to bottom: set-up, resume, the step loop, evaluation and checkpointing.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -32,10 +31,14 @@ from dass_distill.models import build_model
 from dass_distill.training.checkpoint import CHECKPOINTS, ModelInfo, consolidated_state_dict, resolve_checkpoint
 from dass_distill.training.config import TrainConfig, dump_config
 from dass_distill.training.distributed import init_distributed, rank, world_size
-from dass_distill.training.sampler import ResumableSampler
-from dass_distill.training.schedule import lr_factor
+from dass_distill.training.metrics_log import MetricsLog
+from dass_distill.training.sampler import ResumableSampler, balanced_weights
+from dass_distill.training.schedule import cosine_factor, lr_factor
 
-PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Mixed precision runs under DeepSpeed's torch_autocast: parameters, master weights and
+#: optimizer state stay fp32 (so the SSM constants A_logs, Ds and dt_projs_bias are never
+#: rounded), and only the Linear/Conv compute and their gradient communication go to 16 bits.
+AUTOCAST_DTYPE = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass
@@ -43,12 +46,13 @@ class TrainState:
     """Where training is; saved in every checkpoint so a resumed run continues exactly."""
 
     step: int = 0  # optimizer steps taken
-    epoch: int = 0
+    epoch: int = 0  # epochs completed
     batches_in_epoch: int = 0  # micro-batches of this epoch already consumed
     best_map: float = -1.0
     best_step: int = -1
     skipped_clips: int = 0
     nonfinite_losses: int = 0
+    averaged_epochs: list[int] = field(default_factory=list)  # epochs whose end weights are in the average
 
 
 def deepspeed_config(cfg: TrainConfig) -> dict:
@@ -61,11 +65,11 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
         "gradient_accumulation_steps": ds.gradient_accumulation_steps,
         "gradient_clipping": ds.gradient_clipping,
         "zero_optimization": {"stage": ds.zero_stage},
-        "bf16": {"enabled": ds.precision == "bf16"},
-        "fp16": {"enabled": ds.precision == "fp16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if ds.precision in AUTOCAST_DTYPE:
+        out["torch_autocast"] = {"enabled": True, "dtype": AUTOCAST_DTYPE[ds.precision]}
     out.update(ds.config)
     return out
 
@@ -227,8 +231,11 @@ class Trainer:
         self.views = cached_views(cfg, teacher, self.model) if teacher is not None else None
         dataset = ClipDataset(train_manifest, self.model.featurize, self.model.sample_rate, teacher,
                               labels_only, memoize=cfg.data.memoize_features, views=self.views)
+        weights = balanced_weights(train_manifest.targets()) if cfg.data.balanced_sampling else None
+        mixup = 0.0 if self.views is not None else cfg.augment.mixup  # views carry their own mixup
         self.sampler = ResumableSampler(len(dataset), cfg.seed, rank(), world_size(),
-                                        views=self.views.count if self.views else None)
+                                        views=self.views.count if self.views else None, weights=weights,
+                                        mixup=mixup, mixup_alpha=cfg.augment.mixup_alpha)
         self.loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=self.sampler, collate_fn=collate,
                                  num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
                                  drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))
@@ -245,15 +252,19 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.optim.max_steps)
 
         o = cfg.optim
-        optimizer = torch.optim.AdamW(param_groups(self.model.module, o.weight_decay), lr=o.lr, betas=o.betas)
-        schedule = partial(lr_factor, steps_per_epoch=self.steps_per_epoch, warmup_steps=o.warmup_steps,
-                           decay_start_epoch=o.lr_decay_start_epoch, decay=o.lr_decay)
+        opt_class = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
+        optimizer = opt_class(param_groups(self.model.module, o.weight_decay), lr=o.lr, betas=o.betas)
+        if o.schedule == "cosine":
+            schedule = partial(cosine_factor, total_steps=self.total_steps, warmup_steps=o.warmup_steps)
+        else:
+            schedule = partial(lr_factor, steps_per_epoch=self.steps_per_epoch, warmup_steps=o.warmup_steps,
+                               decay_start_epoch=o.lr_decay_start_epoch, decay=o.lr_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.model.module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
         )
-        self.dtype = PRECISION[cfg.deepspeed.precision]
-        self.loss_fn = DistillationLoss(cfg.distill.kd_weight if self.distilling else 0.0, cfg.distill.temperature)
+        self.dtype = torch.float32  # inputs; DeepSpeed's autocast lowers the compute
+        self.loss_fn = DistillationLoss.from_config(cfg.distill, self.distilling)
         # Cached views carry their own masks (the ones the teacher saw): no second SpecAugment.
         self.augment = (SpecAugment(cfg.augment.freq_mask, cfg.augment.time_mask) if self.views is None
                         else torch.nn.Identity())
@@ -324,11 +335,13 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def train(self) -> dict:
         self.setup()
-        self.maybe_resume()
+        resumed = self.maybe_resume()
         cfg, st = self.cfg, self.state
         eval_every = cfg.eval_every or self.steps_per_epoch
         save_every = cfg.save_every or self.steps_per_epoch
-        log = MetricsLog(self.out / "metrics.csv") if self.is_main else None
+        log = MetricsLog(self.out) if self.is_main else None
+        if log is not None and resumed:
+            log.truncate_after(st.step)  # rows a killed run logged after its last checkpoint
         bs = cfg.optim.batch_size
         clips_seen, t_last = 0, time.perf_counter()
         metrics_text = TextColumn("{task.fields[info]}")
@@ -365,10 +378,12 @@ class Trainer:
                     if st.step % save_every == 0 or st.step == self.total_steps:
                         self.save(f"step_{st.step:07d}")
                     if st.step >= self.total_steps:
+                        if st.step == (st.epoch + 1) * self.steps_per_epoch:  # the last step ends an epoch
+                            self.end_epoch()
                         break
                 else:  # the epoch ran to its end
-                    st.epoch += 1
-                    st.batches_in_epoch = 0
+                    self.end_epoch()
+        self.evaluate_average(log)
         if log:
             log.close()
         return self.finish()
@@ -377,11 +392,18 @@ class Trainer:
         feats = self.augment(batch.features).to(self.engine.device, self.dtype)
         labels = batch.labels.to(self.engine.device)
         teacher = batch.teacher_logits.to(self.engine.device) if batch.teacher_logits is not None else None
+        partner = batch.partner_logits.to(self.engine.device) if batch.partner_logits is not None else None
+        lam = batch.lam.to(self.engine.device) if batch.lam is not None else None
         logits = self.engine(feats)
-        losses = self.loss_fn(logits, labels, teacher)
-        if not torch.isfinite(losses["loss"]):
+        losses = self.loss_fn(logits, labels, teacher, partner_logits=partner, lam=lam)
+        if not all_finite(losses["loss"]):  # every rank skips together, or the others would wait forever
             self.state.nonfinite_losses += 1
-            console.print(f"[yellow]non-finite loss at step {self.state.step}; batch skipped")
+            limit = self.cfg.optim.max_nonfinite
+            console.print(f"[yellow]non-finite loss at step {self.state.step}; batch skipped "
+                          f"({self.state.nonfinite_losses} so far, limit {limit})")
+            if self.state.nonfinite_losses > limit:
+                raise UserError(f"{self.state.nonfinite_losses} batches gave a NaN/inf loss (optim.max_nonfinite="
+                                f"{limit}); lower optim.lr, check the data and cache, or train in fp32")
             return None
         self.engine.backward(losses["loss"])
         self.engine.step()
@@ -410,6 +432,43 @@ class Trainer:
             st.best_map, st.best_step = result["mAP"], st.step
             self.save("best", latest=False)
 
+    def end_epoch(self) -> None:
+        st = self.state
+        st.epoch += 1
+        st.batches_in_epoch = 0
+        if self.average_epoch_weights():
+            self.save(f"step_{st.step:07d}")  # the average and the state move together
+
+    # ---------------------------------------------------------------- weight averaging
+    def average_epoch_weights(self) -> bool:
+        """Fold the weights at the end of the epoch just completed into the running average (DASS)."""
+        wa, st = self.cfg.weight_averaging, self.state
+        if not wa.enabled or st.epoch < wa.start_epoch or st.epoch in st.averaged_epochs:
+            return False
+        weights = gathered_state_dict(self.engine)
+        if self.is_main:
+            previous = load_average(self.ckpt_dir, st.averaged_epochs)
+            save_average(self.ckpt_dir, running_mean(previous, weights, len(st.averaged_epochs)),
+                         st.averaged_epochs + [st.epoch])
+        st.averaged_epochs.append(st.epoch)
+        return True
+
+    def evaluate_average(self, log) -> None:
+        """Evaluate the weight-averaged model once at the end (main process)."""
+        if not self.is_main or not self.state.averaged_epochs or self.eval_dataset is None:
+            return
+        model = self.info.build()
+        model.module.load_state_dict(load_average(self.ckpt_dir, self.state.averaged_epochs))
+        loader = DataLoader(self.eval_dataset, batch_size=self.cfg.optim.batch_size, collate_fn=collate,
+                            num_workers=self.cfg.data.num_workers, generator=torch.Generator())
+        model.module.to(self.engine.device).eval()
+        m = score_batches(model.module, loader, self.engine.device, torch.float32).metrics()
+        self.averaged_map = m["mAP"]
+        if log is not None:
+            log.write(self.state.step, self.state.epoch, "eval_averaged",
+                      {"mAP": m["mAP"], "mAUC": m["mAUC"], "d_prime": m["d_prime"]})
+        console.print(f"weight-averaged model (epochs {self.state.averaged_epochs}): eval mAP {m['mAP']:.4f}")
+
     def finish(self) -> dict:
         st = self.state
         summary = {
@@ -420,6 +479,10 @@ class Trainer:
             "best_step": st.best_step if st.best_step >= 0 else None,
             "skipped_clips": st.skipped_clips,
             "nonfinite_losses": st.nonfinite_losses,
+            "averaged_epochs": st.averaged_epochs,
+            "processes": world_size(),
+            "zero_stage": self.cfg.deepspeed.zero_stage,
+            "averaged_mAP": getattr(self, "averaged_map", None),
             "distilled": self.distilling,
             "teacher": self.teacher_provenance,
             "output_dir": str(self.out),
@@ -429,24 +492,58 @@ class Trainer:
         return summary
 
 
-class MetricsLog:
-    """Append-only CSV of (step, epoch, split, metric, value) rows."""
+def all_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank."""
+    ok = torch.isfinite(loss.detach()).float().reshape(1)
+    if world_size() > 1:
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return bool(ok.item() > 0)
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        new = not path.exists()
-        self._f = path.open("a", newline="")
-        self._w = csv.writer(self._f)
-        if new:
-            self._w.writerow(["step", "epoch", "split", "metric", "value"])
 
-    def write(self, step: int, epoch: int, split: str, values: dict) -> None:
-        for k, v in values.items():
-            self._w.writerow([step, epoch, split, k, f"{v:.6g}"])
-        self._f.flush()
+def gathered_state_dict(engine) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of the engine's module on every rank (ZeRO-3 partitions are gathered)."""
+    params = list(engine.module.parameters())
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
 
-    def close(self) -> None:
-        self._f.close()
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
+    return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
+
+
+AVERAGE_FILE = "averaged/epochs_{}.pt"
+
+
+def running_mean(previous: dict | None, weights: dict, count: int) -> dict:
+    """Mean of ``count`` earlier weight sets (``previous``) and ``weights``."""
+    if previous is None:
+        return weights
+    return {k: previous[k] + (weights[k] - previous[k]) / (count + 1) if weights[k].is_floating_point() else weights[k]
+            for k in weights}
+
+
+def save_average(ckpt_dir: Path, state: dict, epochs: list[int]) -> None:
+    """Write the average of ``epochs`` atomically, and drop older averages."""
+    path = ckpt_dir / AVERAGE_FILE.format("-".join(map(str, epochs)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    (path.parent / "epochs.json").write_text(json.dumps({"epochs": epochs, "file": path.name}))
+    for old in path.parent.glob("epochs_*.pt"):
+        if old != path and len(old.stem.split("_")[1].split("-")) < len(epochs) - 1:
+            old.unlink()
+
+
+def load_average(ckpt_dir: Path, epochs: list[int]) -> dict | None:
+    """The running average over ``epochs`` (None when empty)."""
+    if not epochs:
+        return None
+    path = ckpt_dir / AVERAGE_FILE.format("-".join(map(str, epochs)))
+    if not path.is_file():
+        raise UserError(f"{path} is missing: the weight average of epochs {epochs} cannot be continued; "
+                        f"set weight_averaging.enabled=false or start a new output_dir")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def train(cfg: TrainConfig) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 def lr_factor(step: int, steps_per_epoch: int, warmup_steps: int, decay_start_epoch: int, decay: float) -> float:
     """Multiplier of the base lr at optimizer step ``step`` (0-based).
@@ -13,3 +15,11 @@ def lr_factor(step: int, steps_per_epoch: int, warmup_steps: int, decay_start_ep
     warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
     epoch = step // max(1, steps_per_epoch) + 1
     return warm * decay ** max(0, epoch - decay_start_epoch + 1)
+
+
+def cosine_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up, then half a cosine from 1 to 0 over the remaining steps."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
