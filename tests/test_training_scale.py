@@ -165,6 +165,28 @@ def test_weight_averaging_of_epoch_end_weights(tmp_path, synth_data):
     assert tag == "averaged"
     rows = (run / "metrics.csv").read_text()
     assert ",eval_averaged,mAP," in rows
+    per_class = json.loads((run / "eval_per_class.json").read_text())
+    assert per_class["step"] == 18 and len(per_class["per_class"]) == 12
+    assert per_class["per_class"][0]["label"] and per_class["mAP"] == pytest.approx(
+        np.nanmean([r["ap"] for r in per_class["per_class"]]))
+
+
+def test_zero3_weight_average_and_consolidation(tmp_path, synth_data):
+    """ZeRO-3 partitions the weights: the average gathers them, and the checkpoint consolidates to fp32."""
+    from dass_distill.training.checkpoint import consolidated_state_dict, load_trained_model
+    from dass_distill.training.loop import train
+
+    run = tmp_path / "z3"
+    summary = train(load_config(None, base_overrides(synth_data, run, **{
+        "deepspeed.zero_stage": 3, "deepspeed.precision": "bf16", "data.eval": "null", "optim.epochs": 1,
+        "weight_averaging.enabled": True, "deepspeed.gradient_clipping": 1.0})))
+    assert summary["steps"] == 6 and summary["averaged_epochs"] == [1]
+    model, _, _, tag = load_trained_model(run)
+    end = consolidated_state_dict(run / "checkpoints", tag)
+    avg = consolidated_state_dict(run / "checkpoints", "averaged")
+    assert tag == "step_0000006" and set(avg) == set(end)
+    for k in avg:  # one epoch: the average is the epoch-end weights
+        torch.testing.assert_close(avg[k], end[k], rtol=0, atol=0)
 
 
 def _train_cmd(run: Path, synth_data, *extra: str) -> list[str]:

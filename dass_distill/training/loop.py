@@ -25,7 +25,7 @@ from dass_distill.data.augment import SpecAugment
 from dass_distill.data.dataset import ClipDataset, TeacherTargets, collate
 from dass_distill.data.manifest import LabelMap, Manifest, default_label_map_path, load_manifest
 from dass_distill.errors import UserError
-from dass_distill.evaluation import score_batches
+from dass_distill.evaluation import per_class_records, score_batches
 from dass_distill.losses import DistillationLoss
 from dass_distill.models import build_model
 from dass_distill.training.checkpoint import CHECKPOINTS, ModelInfo, consolidated_state_dict, resolve_checkpoint
@@ -418,6 +418,11 @@ class Trainer:
         self.engine.eval()
         scores = score_batches(self.engine, loader, self.engine.device, self.dtype)
         m = scores.metrics()
+        if self.is_main:  # per-class AP/AUC of the latest evaluation, with label names
+            lm = self.info.label_map
+            doc = {"step": self.state.step, "mAP": m["mAP"], "mAUC": m["mAUC"], "d_prime": m["d_prime"],
+                   "per_class": per_class_records(list(lm.ids), list(lm.names), m)}
+            (self.out / "eval_per_class.json").write_text(json.dumps(doc, indent=1))
         return {"mAP": m["mAP"], "mAUC": m["mAUC"], "d_prime": m["d_prime"], "eval_errors": len(scores.errors)}
 
     def evaluate_and_keep_best(self, log, progress) -> None:
