@@ -219,10 +219,11 @@ def _barrier(world: int) -> None:
 
 
 def job_record(manifest: Manifest, provenance: dict[str, dict], views: ViewSpec | None, storage: Storage,
-               layout: str, batch_size: int, block_clips: int, command: str) -> dict:
-    """What a rerun must match to resume: clips, teachers, views, storage and batching."""
+               layout: str, batch_size: int, block_clips: int) -> dict:
+    """What a rerun must match to resume: clips, teachers, views, storage and batching
+    (not where the manifest file lies or which GPU index a process had)."""
     ids_sha = hashlib.sha256("\n".join(manifest.ids).encode()).hexdigest()
-    teachers = {n: {k: v for k, v in p.items() if k != "device"} for n, p in provenance.items()}
+    teachers = {n: {k: v for k, v in p.items() if k not in ("device", "manifest")} for n, p in provenance.items()}
     return {
         "clips": len(manifest), "clip_ids_sha256": ids_sha, "label_ids": list(manifest.label_map.ids),
         "teachers": teachers, "views": views.to_dict() if views else None, "storage": storage.describe(),
@@ -309,7 +310,7 @@ def build_cache(
     }
     command = command if command is not None else shlex.join(["dass-distill", *sys.argv[1:]])
     parts = Path(str(out) + ".parts")
-    job = job_record(manifest, provenance, views, storage, layout, batch_size, block_clips, command)
+    job = job_record(manifest, provenance, views, storage, layout, batch_size, block_clips)
     record = _prepare_parts(parts, job, rank, world, command)
 
     n = len(manifest)

@@ -223,27 +223,3 @@ def collate(items: list[dict]) -> Batch:
         partner,
         lam,
     )
-
-
-class WaveformDataset(Dataset):
-    """Decoded mono waveforms at ``sample_rate`` (for teachers, which run their own front end)."""
-
-    def __init__(self, manifest: Manifest, sample_rate: int) -> None:
-        self.manifest = manifest
-        self.sample_rate = sample_rate
-
-    def __len__(self) -> int:
-        return len(self.manifest)
-
-    def __getitem__(self, index: int) -> dict:
-        clip = self.manifest.clips[index]
-        try:
-            return {"id": clip.id, "wave": read_audio(clip.path, self.sample_rate)}
-        except AudioError as e:
-            return {"id": clip.id, "error": str(e)}
-
-
-def collate_waves(items: list[dict]) -> tuple[list[str], list[torch.Tensor], list[tuple[str, str]]]:
-    """(ids, waveforms of their own lengths, errors)."""
-    good = [it for it in items if "error" not in it]
-    return [it["id"] for it in good], [it["wave"] for it in good], [(it["id"], it["error"]) for it in items if "error" in it]
