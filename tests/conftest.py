@@ -17,3 +17,18 @@ def synth_data(tmp_path_factory):
     from dass_distill.data.synth import make_synthetic_dataset
 
     return make_synthetic_dataset(tmp_path_factory.mktemp("synth"), num_train=24, num_eval=12, duration=1.5, seed=3)
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    """A random-weight dass_tiny folder labelled with the synthetic classes."""
+    import torch
+
+    from dass_distill.data.synth import synth_label_map
+    from dass_distill.students import DassFeatureExtractor, create_model, save_pretrained
+
+    lm = synth_label_map()
+    torch.manual_seed(0)
+    model = create_model("dass_tiny", num_classes=len(lm)).eval()
+    folder = tmp_path_factory.mktemp("student")
+    return save_pretrained(model, folder, DassFeatureExtractor(target_length=150), list(lm.ids), list(lm.names))

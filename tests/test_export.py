@@ -18,19 +18,6 @@ SR = 16000
 
 
 @pytest.fixture(scope="module")
-def student_dir(tmp_path_factory):
-    """A random-weight dass_tiny folder labelled with the synthetic classes."""
-    from dass_distill.data.synth import synth_label_map
-    from dass_distill.students import DassFeatureExtractor, create_model, save_pretrained
-
-    lm = synth_label_map()
-    torch.manual_seed(0)
-    model = create_model("dass_tiny", num_classes=len(lm)).eval()
-    folder = tmp_path_factory.mktemp("student")
-    return save_pretrained(model, folder, DassFeatureExtractor(target_length=150), list(lm.ids), list(lm.names))
-
-
-@pytest.fixture(scope="module")
 def exported(student_dir, tmp_path_factory):
     """``dass-distill export`` of the folder with every format (one capture serves both graphs)."""
     out = tmp_path_factory.mktemp("exported") / "model"

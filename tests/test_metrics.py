@@ -155,21 +155,6 @@ def test_per_class_csv_has_empty_cells_for_undefined_values():
 # --------------------------------------------------------------------------- the evaluate command
 
 
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory):
-    """A random-weight dass_tiny folder labelled with the synthetic classes."""
-    import torch
-
-    from dass_distill.data.synth import synth_label_map
-    from dass_distill.students import DassFeatureExtractor, create_model, save_pretrained
-
-    lm = synth_label_map()
-    torch.manual_seed(0)
-    model = create_model("dass_tiny", num_classes=len(lm)).eval()
-    folder = tmp_path_factory.mktemp("student")
-    return save_pretrained(model, folder, DassFeatureExtractor(target_length=150), list(lm.ids), list(lm.names))
-
-
 def test_evaluate_command_reports_overall_and_per_class(student_dir, synth_data, tmp_path):
     out, pc = tmp_path / "eval.json", tmp_path / "per_class.csv"
     proc = cli("evaluate", student_dir, "--data", synth_data["eval_manifest"], "--output", out,
