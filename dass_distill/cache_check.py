@@ -11,20 +11,21 @@ stored ones.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from dass_distill.data.audio import AudioError, read_audio
 from dass_distill.data.manifest import Manifest
-from dass_distill.data.views import ViewSpec, render_view, spec_mask
+from dass_distill.caching import teacher_logits
+from dass_distill.data.views import ViewSpec, render_view
 from dass_distill.errors import UserError
 from dass_distill.logit_cache import LogitCacheReader
-from dass_distill.logit_cache.storage import index_bits, unpack_indices
+from dass_distill.logit_cache.storage import index_bits, rest_logit, unpack_indices
 from dass_distill.teachers import ClipPolicy, Ensemble, Teacher, load_teacher
 
 # float16 keeps 11 significant bits: a stored logit x is within |x| * 2^-11 of the teacher's.
@@ -143,7 +144,7 @@ def _rerun(teacher: Teacher, reader: LogitCacheReader, clip_id: str, view: int, 
     """The teacher's logits for one cached clip, or for one cached view replayed from its parameters."""
     wave = read_audio(paths[clip_id], teacher.sample_rate)
     if spec is None:
-        return teacher.logits([wave])[0].cpu().numpy()
+        return teacher_logits(teacher, [{"waves": {teacher.sample_rate: wave}}], None, batch_size=1)[0]
     p = reader.view_params([clip_id], [view])[0]
     partner = None
     if int(p["partner"]) >= 0:
@@ -151,9 +152,9 @@ def _rerun(teacher: Teacher, reader: LogitCacheReader, clip_id: str, view: int, 
         if pid not in paths:
             raise AudioError(f"view {view} of {clip_id} mixes in {pid}, which the manifest does not locate")
         partner = read_audio(paths[pid], teacher.sample_rate)
-    x = render_view(wave, partner, p, teacher.sample_rate, spec)[: teacher.window_samples]
-    with torch.inference_mode():
-        return teacher.window_logits([x.to(teacher.device)], masks=[spec_mask(p, spec)])[0].float().cpu().numpy()
+    one = dataclasses.replace(spec, count=1)  # exactly the caching path, for this one view
+    item = {"params": p[None], "views": {teacher.sample_rate: [render_view(wave, partner, p, teacher.sample_rate, spec)]}}
+    return teacher_logits(teacher, [item], one, batch_size=1)[0, 0]
 
 
 def _comparable(reader: LogitCacheReader, name: str, ids: list[str], views: list[int],
@@ -164,11 +165,7 @@ def _comparable(reader: LogitCacheReader, name: str, ids: list[str], views: list
         return reader.get(ids, name, views=views), live
     stored = reader.get_encoded(ids, name, views)
     idx = unpack_indices(stored["topk_indices"], storage.k, index_bits(reader.num_classes))
-    # The rest rule applied to the live logits of the classes the cache did not keep.
-    rest = live.astype(np.float64).copy()
-    np.put_along_axis(rest, idx, -np.inf, axis=1)
-    m = rest.max(axis=1, keepdims=True)
-    live_rest = (m[:, 0] + np.log(np.exp(rest - m).sum(axis=1))) - np.log(reader.num_classes - storage.k)
+    live_rest = rest_logit(live, idx)  # the rest rule on the live logits of the classes not kept
     return (np.concatenate([stored["topk_values"].astype(np.float32), stored["topk_rest"].astype(np.float32)[:, None]], 1),
             np.concatenate([np.take_along_axis(live, idx, 1), live_rest.astype(np.float32)[:, None]], 1))
 

@@ -108,14 +108,10 @@ class TopKStorage:
         self._check(c)
         top = self._top(x)
         values = np.take_along_axis(x, top, axis=-1)
-        rest = x.astype(np.float64)  # the other classes: the top k masked out
-        np.put_along_axis(rest, top, -np.inf, axis=-1)
-        m = rest.max(axis=-1, keepdims=True)
-        lse = (m + np.log(np.exp(rest - m).sum(axis=-1, keepdims=True)))[..., 0]
         return {
             "topk_values": _to_fp16(values, "logits"),
             "topk_indices": pack_indices(top, index_bits(c)),
-            "topk_rest": _to_fp16(lse - math.log(c - self.k), "logits"),
+            "topk_rest": _to_fp16(rest_logit(x, top), "logits"),
         }
 
     def _top(self, x: np.ndarray) -> np.ndarray:
@@ -138,6 +134,15 @@ class TopKStorage:
         out = np.repeat(arrays["topk_rest"].astype(np.float32)[..., None], num_classes, axis=-1)
         np.put_along_axis(out, idx, values, axis=-1)
         return out
+
+
+def rest_logit(logits: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """The rest rule in float64: logsumexp of the logits outside ``top`` minus log(their count)."""
+    rest = np.asarray(logits, dtype=np.float64).copy()
+    np.put_along_axis(rest, top, -np.inf, axis=-1)
+    m = rest.max(axis=-1, keepdims=True)
+    lse = (m + np.log(np.exp(rest - m).sum(axis=-1, keepdims=True)))[..., 0]
+    return lse - math.log(rest.shape[-1] - top.shape[-1])
 
 
 Storage = DenseStorage | TopKStorage
