@@ -5,6 +5,7 @@ Read top to bottom: set-up, resume, the step loop, evaluation and checkpointing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -450,7 +451,7 @@ class Trainer:
         wa, st = self.cfg.weight_averaging, self.state
         if not wa.enabled or st.epoch < wa.start_epoch or st.epoch in st.averaged_epochs:
             return False
-        weights = gathered_state_dict(self.engine)
+        weights = gathered_state_dict(self.engine, keep=self.is_main)
         if self.is_main:
             previous = load_average(self.ckpt_dir, st.averaged_epochs)
             save_average(self.ckpt_dir, running_mean(previous, weights, len(st.averaged_epochs)),
@@ -505,15 +506,17 @@ def all_finite(loss: torch.Tensor) -> bool:
     return bool(ok.item() > 0)
 
 
-def gathered_state_dict(engine) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of the engine's module on every rank (ZeRO-3 partitions are gathered)."""
-    params = list(engine.module.parameters())
+def gathered_state_dict(engine, keep: bool = True) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of the engine's module (``{}`` where not ``keep``). Every rank must call
+    it: under ZeRO-3 the partitions are gathered collectively."""
     if engine.zero_optimization_stage() == 3:
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
-    return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
+        gather = deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
+    else:
+        gather = contextlib.nullcontext()
+    with gather:
+        return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()} if keep else {}
 
 
 AVERAGE_FILE = "averaged/epochs_{}.pt"
