@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dass_distill.data.audio import AudioError, read_audio
+from dass_distill.data.audio import AudioError, fix_length, read_audio
 from dass_distill.data.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -170,8 +170,8 @@ class ClipDataset(Dataset):
         return {"id": clip.id, "view": s.view, "labels": labels, "features": mask_features(self.featurize(wave), p)}
 
     def _mixup_item(self, s: Sample) -> dict:
-        a, b = self._wave(s.index), self._wave(s.partner)
-        b = b[: a.numel()] if b.numel() >= a.numel() else torch.nn.functional.pad(b, (0, a.numel() - b.numel()))
+        a = self._wave(s.index)
+        b = fix_length(self._wave(s.partner), a.numel())
         lam = float(s.lam)
         return {"id": self.manifest.clips[s.index].id, "features": self.featurize(lam * a + (1.0 - lam) * b),
                 "labels": lam * self._labels(s.index) + (1.0 - lam) * self._labels(s.partner),

@@ -16,6 +16,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from dass_distill.data.audio import fix_length
 from dass_distill.logit_cache.format import VIEW_PARAMS_DTYPE
 from dass_distill.teachers import KaldiFbank, SpecMask
 
@@ -117,9 +118,7 @@ def render_view(wave: torch.Tensor, partner: torch.Tensor | None, params: np.voi
         if partner is None:
             raise ValueError("this view mixes in a partner clip; pass its waveform")
         lam = float(params["lam"])
-        p = partner.reshape(-1).float()
-        p = p[: x.numel()] if p.numel() >= x.numel() else torch.nn.functional.pad(p, (0, x.numel() - p.numel()))
-        x = lam * x + (1.0 - lam) * p
+        x = lam * x + (1.0 - lam) * fix_length(partner.reshape(-1).float(), x.numel())
     shift = int(params["shift"]) * round(sample_rate * FRAME_SECONDS)
     if shift:
         x = torch.roll(x, shift)
