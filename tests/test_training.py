@@ -198,6 +198,12 @@ def test_missing_cache_rows_policy(tmp_path, synth_data):
         train(load_config(None, over))
     summary = train(load_config(None, over + ["distill.missing=labels_only"]))
     assert summary["steps"] == 1 and summary["distilled"]
+    gap = len(manifest) - len(half)
+    assert summary["cache_missing"] == {"policy": "labels_only", "skipped": 0, "labels_only": gap}
+    assert f"0,0,data,cache_missing_labels_only,{gap}" in (tmp_path / "run" / "metrics.csv").read_text()
+    summary = train(load_config(None, base_overrides(synth_data, tmp_path / "skip", **{
+        "distill.cache": path, "optim.max_steps": 1, "distill.missing": "skip"})))
+    assert summary["cache_missing"] == {"policy": "skip", "skipped": gap, "labels_only": 0}
 
 
 def test_pretrained_vmamba_checkpoint_initialises_backbone(tmp_path, synth_data):

@@ -222,8 +222,12 @@ class Trainer:
             self._load_pretrained(cfg.pretrained)
 
         teacher, labels_only = None, set()
+        self.cache_gap: dict | None = None
         if cfg.distill.cache is not None:
+            before = len(train_manifest)
             teacher, train_manifest, labels_only = open_teacher_targets(cfg, train_manifest, label_map)
+            self.cache_gap = {"policy": cfg.distill.missing, "skipped": before - len(train_manifest),
+                              "labels_only": len(labels_only)}
         elif cfg.distill.kd_weight > 0 and self.is_main:
             console.print("[dim]no distill.cache: training on labels only")
         self.distilling = teacher is not None and cfg.distill.kd_weight > 0
@@ -343,6 +347,9 @@ class Trainer:
         log = MetricsLog(self.out) if self.is_main else None
         if log is not None and resumed:
             log.truncate_after(st.step)  # rows a killed run logged after its last checkpoint
+        elif log is not None and self.cache_gap is not None:  # clips the cache lacks, counted once
+            log.write(0, 0, "data", {"cache_missing_skipped": self.cache_gap["skipped"],
+                                     "cache_missing_labels_only": self.cache_gap["labels_only"]})
         bs = cfg.optim.batch_size
         clips_seen, t_last = 0, time.perf_counter()
         metrics_text = TextColumn("{task.fields[info]}")
@@ -369,7 +376,8 @@ class Trainer:
                         rate = clips_seen * world_size() / (now - t_last)
                         clips_seen, t_last = 0, now
                         row = {k: float(v) for k, v in losses.items()}
-                        row.update(lr=self.scheduler.get_last_lr()[0], clips_per_s=rate)
+                        row.update(lr=self.scheduler.get_last_lr()[0], clips_per_s=rate,
+                                   skipped_clips=st.skipped_clips, nonfinite_losses=st.nonfinite_losses)
                         progress.update(task, info=f"loss {row['loss']:.4f} | {rate:.1f} clips/s")
                         if log:
                             log.write(st.step, st.epoch + 1, "train", row)
@@ -484,6 +492,7 @@ class Trainer:
             "best_mAP": st.best_map if st.best_step >= 0 else None,
             "best_step": st.best_step if st.best_step >= 0 else None,
             "skipped_clips": st.skipped_clips,
+            "cache_missing": self.cache_gap,
             "nonfinite_losses": st.nonfinite_losses,
             "averaged_epochs": st.averaged_epochs,
             "processes": world_size(),
