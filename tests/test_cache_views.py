@@ -219,6 +219,11 @@ def test_training_replays_cached_views(tmp_path, synth_data, ckpts):
     out = tmp_path / "v.h5"
     cli("cache", "--teacher", f"ast:{ckpts['ast']}", "--data", train, "--out", out, "--num-workers", 0,
         "--views", 2, "--target-frames", 150, "--view-time-mask", 30, "--storage", "topk:4")
+    info = cli("cache-info", out).stderr
+    assert "2 per clip, augmented" in info and "top-k 4, 12 B/view + 16 B replay" in info
+    refused = cli("cache", "--teacher", f"ast:{ckpts['ast']}", "--data", train, "--out", tmp_path / "x.h5",
+                  "--storage", "topk:0", check=False)
+    assert refused.returncode == 2 and "needs 1 <= k < number of classes" in refused.stderr
     bad = cli("train", "--model", "dass_tiny", "--output-dir", tmp_path / "bad", f"data.train={train}",
               f"distill.cache={out}", "optim.max_steps=1", "data.target_length=200", "data.num_workers=0", check=False)
     assert bad.returncode != 0 and "set data.target_length=150" in bad.stderr
