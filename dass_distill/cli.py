@@ -83,7 +83,7 @@ def synth(
 @app.command()
 def models() -> None:
     """List student and teacher configurations with their parameter counts (527 classes)."""
-    from dass_distill.models import parameter_count
+    from dass_distill.models import BASELINES, SSLAM_CONFIGS, parameter_count
     from dass_distill.students import list_models
     from dass_distill.teachers import AST_CONFIGS
 
@@ -95,6 +95,10 @@ def models() -> None:
         table.add_row(name, "student (DASS)", f"{parameter_count(name) / 1e6:.2f} M")
     for name in AST_CONFIGS:
         table.add_row(name, "teacher (AST, trainable)", f"{parameter_count(name) / 1e6:.2f} M")
+    for name in SSLAM_CONFIGS:
+        table.add_row(name, "teacher (SSLAM/EAT, trainable)", f"{parameter_count(name) / 1e6:.2f} M")
+    for name in BASELINES:
+        table.add_row(name, "baseline (plain CNN, for comparisons)", f"{parameter_count(name) / 1e6:.2f} M")
     console.print(table)
 
 
@@ -544,12 +548,13 @@ def _class_table(rows: list[dict], title: str) -> Table:
 def demo(
     work_dir: Annotated[Path, typer.Option(help="folder for data, runs, cache and exports")] = Path("demo_work"),
     fast: Annotated[bool, typer.Option(help="a much smaller run (smoke test), not the reported numbers")] = False,
+    seed: Annotated[int, typer.Option(help="seed of the teacher's and students' training (same data for every seed)")] = 0,
 ) -> None:
     """The whole chain on the embedded dataset: synth -> teacher -> cache -> students -> export -> predict."""
     _quiet_libraries()
     from dass_distill.demo import run_demo
 
-    run_demo(work_dir, fast=fast)
+    run_demo(work_dir, fast=fast, seed=seed)
 
 
 def main() -> None:

@@ -93,11 +93,18 @@ def export_run(
         target_length = fe.target_length
     else:
         trained, info, run_dir, tag = load_trained_model(source, tag)
+        if info.family == "cnn":
+            raise UserError(f"{source} trained the {info.name} comparison model, which is not exported; its eval "
+                            f"mAP is in {run_dir / 'summary.json'}")
         module, family, target_length = trained.module, info.family, info.target_length
         label_ids, names = list(info.label_map.ids), list(info.label_map.names)
         fe = DassFeatureExtractor(target_length=target_length) if family == "dass" else None
         provenance = _provenance(run_dir, tag) if family == "dass" else {}
     module.eval()
+    if family == "sslam":
+        if set(formats) - {"hf"}:
+            raise UserError("ONNX / pt2 export is for DASS students; SSLAM teachers export as a Hugging Face folder")
+        return _export_sslam(module, out, target_length, atol, tag)
     if family != "dass" and set(formats) - {"hf"}:
         raise UserError("ONNX / pt2 export is for DASS students; AST teachers export as a Hugging Face folder only")
 
@@ -150,6 +157,25 @@ def export_run(
         report.files[fmt] = path
     if family == "dass":
         _record_exports(out, report, atol)
+    return report
+
+
+def _export_sslam(module: nn.Module, out: Path, target_length: int, atol: float, tag: str) -> ExportReport:
+    """A trained SSLAM teacher as its Hugging Face layout (config.json + model.safetensors), which
+    ``cache --teacher sslam:DIR`` loads; checked by loading it back as that teacher."""
+    from dass_distill.teachers import load_teacher
+    from dass_distill.teachers.sslam import save_sslam_safetensors
+
+    for fmt, name in GRAPH_FILES.items():
+        (out / name).unlink(missing_ok=True)
+    save_sslam_safetensors(module, out)
+    report = ExportReport(out, "sslam", tag)
+    reloaded = load_teacher(f"sslam:{out}").model.eval()
+    report.checks += _verify("hf", module, reloaded, target_length, None, atol, any_length=False)
+    bad = [c for c in report.checks if not c.ok]
+    if bad:
+        raise UserError(f"export check failed: {out} differs from the checkpoint by {bad[0].max_abs_diff:.3g}")
+    report.files["hf"] = out
     return report
 
 

@@ -111,6 +111,10 @@ class DASS(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    def get_classifier(self) -> nn.Linear:
+        """The output layer (timm's name), e.g. to re-initialise its bias."""
+        return self.classifier.head
+
     def no_weight_decay(self) -> set[str]:
         return {name for name, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
 

@@ -54,6 +54,10 @@ class ASTClassifier(nn.Module):
     def config(self) -> ASTConfig:
         return self.ast.config
 
+    def get_classifier(self) -> nn.Linear:
+        """The output layer (timm's name), e.g. to re-initialise its bias."""
+        return self.ast.classifier.dense
+
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         return self.ast(input_values=fbank).logits
 

@@ -325,6 +325,27 @@ class SSLAMClassifier(nn.Module):
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_norm(self.model(fbank)[:, 0]))
 
+    def get_classifier(self) -> nn.Linear:
+        """The output layer (timm's name), e.g. to re-initialise its bias."""
+        return self.head
+
+    @torch.no_grad()
+    def init_weights(self) -> "SSLAMClassifier":
+        """data2vec's ``init_bert_params`` for training from scratch: Linear and conv weights
+        N(0, 0.02), zero biases, LayerNorms at identity (released weights replace all of it)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for name, p in self.named_parameters():
+            if name.endswith("cls_token") or "extra_tokens" in name:
+                nn.init.normal_(p, std=0.02)
+        return self
+
 
 class _HFView(nn.Module):
     """The classifier under the Hugging Face key names, so strict loading names the file's own keys."""

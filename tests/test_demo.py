@@ -8,13 +8,31 @@ def test_demo_fast_runs_whole_chain(tmp_path):
     """The README's demo, shrunk: every stage runs and the summary has the three models."""
     from dass_distill.demo import run_demo
 
-    summary = run_demo(tmp_path / "work", fast=True)
-    saved = json.loads((tmp_path / "work" / "summary.json").read_text())
+    summary = run_demo(tmp_path / "work", fast=True, seed=3)
+    out = tmp_path / "work" / "seed_3"
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["seed"] == 3
     assert saved["results"].keys() == summary["results"].keys() == {
         "teacher (AST)", "student with KD (DASS)", "student without KD (DASS)"}
     for r in saved["results"].values():
         assert 0.0 < r["mAP"] <= 1.0
     for folder in ("teacher", "student_kd", "student_nokd"):
-        assert (tmp_path / "work" / "models" / folder / "config.json").is_file()
-    assert (tmp_path / "work" / "cache.h5").is_file()
+        assert (out / "models" / folder / "config.json").is_file()
+    assert (out / "cache.h5").is_file()
     assert len(saved["example_prediction"]["tags"]) == 3
+
+
+@pytest.mark.slow
+def test_demo_holds_the_readme_claim(tmp_path):
+    """The full demo (seed 0, about 8 minutes on 2 cores): the README reports teacher mAP >= 0.50
+    and KD >= no KD + 0.03 on seeds 0-2; asserted loosely here (machines differ in the last bits)."""
+    from dass_distill.demo import run_demo
+
+    summary = run_demo(tmp_path / "work", seed=0)
+    r = {k: v["mAP"] for k, v in summary["results"].items()}
+    assert r["teacher (AST)"] >= 0.45
+    assert r["student with KD (DASS)"] >= r["student without KD (DASS)"]
+    assert min(r.values()) > summary["chance_mAP"] + 0.1
+    assert not any(h["collapsed"] for h in summary["health"].values())
+    example = summary["example_prediction"]  # a clip the teacher gets right, and the student too
+    assert example["tags"][0][0] in example["true"]

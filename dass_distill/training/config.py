@@ -104,6 +104,9 @@ class TrainConfig(_Section):
     pretrained: Path | None = Field(
         None, description="initial weights: a training run folder, or a released DASS / VMamba ImageNet checkpoint file"
     )
+    head_bias: Literal["prior", "zero"] = Field(
+        "prior", description="initial output bias of a new head: the logit of each class's training frequency "
+                             "(prior), or 0 (probability 0.5, as timm/DASS); see training/label_prior.py")
     output_dir: Path = Path("runs/train")
     seed: int = 0
     data: DataConfig

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.markup import escape
+from rich.panel import Panel
 from rich.progress import TextColumn
+from rich.text import Text
 from torch.utils.data import DataLoader
 
 from dass_distill.console import console, make_progress
@@ -32,6 +35,8 @@ from dass_distill.models import build_model
 from dass_distill.training.checkpoint import CHECKPOINTS, ModelInfo, consolidated_state_dict, resolve_checkpoint
 from dass_distill.training.config import TrainConfig, dump_config
 from dass_distill.training.distributed import init_distributed, rank, world_size
+from dass_distill.training.health import CollapseMonitor, likely_causes
+from dass_distill.training.label_prior import chance_map, label_prior, prior_bce, prior_logits
 from dass_distill.training.metrics_log import MetricsLog
 from dass_distill.training.sampler import ResumableSampler, balanced_weights
 from dass_distill.training.schedule import cosine_factor, lr_factor
@@ -218,8 +223,12 @@ class Trainer:
         self.eval_manifest = load_manifest(cfg.data.eval, label_map) if cfg.data.eval else None
         self.model = build_model(cfg.model, label_map, cfg.data.target_length, **cfg.model_args)
         self.info = ModelInfo(cfg.model, self.model.family, cfg.data.target_length, label_map, cfg.model_args)
+        self.fresh_head = True
         if cfg.pretrained is not None:
             self._load_pretrained(cfg.pretrained)
+        if cfg.optim.optimizer == "adam" and cfg.optim.weight_decay >= 1e-3 and self.is_main:
+            console.print(f"[yellow]optim.weight_decay={cfg.optim.weight_decay:g} with Adam is L2 inside the "
+                          f"normalised step and can shrink the weights to 0; optim.optimizer=adamw decouples it")
 
         teacher, labels_only = None, set()
         self.cache_gap: dict | None = None
@@ -237,6 +246,12 @@ class Trainer:
         dataset = ClipDataset(train_manifest, self.model.featurize, self.model.sample_rate, teacher,
                               labels_only, memoize=cfg.data.memoize_features, views=self.views)
         weights = balanced_weights(train_manifest.targets()) if cfg.data.balanced_sampling else None
+        prior = label_prior(train_manifest.targets(), weights)  # as the sampler draws the clips
+        if self.fresh_head and cfg.head_bias == "prior":
+            with torch.no_grad():
+                head = self.model.module.get_classifier()
+                head.bias.copy_(torch.as_tensor(prior_logits(prior), dtype=head.bias.dtype))
+        eval_chance = chance_map(self.eval_manifest.targets()) if self.eval_manifest is not None else None
         mixup = 0.0 if self.views is not None else cfg.augment.mixup  # views carry their own mixup
         self.sampler = ResumableSampler(len(dataset), cfg.seed, rank(), world_size(),
                                         views=self.views.count if self.views else None, weights=weights,
@@ -274,6 +289,8 @@ class Trainer:
         self.augment = (SpecAugment(cfg.augment.freq_mask, cfg.augment.time_mask) if self.views is None
                         else torch.nn.Identity())
         self.state = TrainState()
+        self.monitor = CollapseMonitor(prior_bce(prior), eval_chance,
+                                       check_after=min(self.total_steps, o.warmup_steps + max(200, self.total_steps // 4)))
 
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -281,6 +298,9 @@ class Trainer:
             self.info.save(self.out)
 
     def _load_pretrained(self, folder: Path) -> None:
+        if self.model.family == "ast" and (folder.is_file() or (folder / "config.json").is_file()):
+            self._load_released_ast(folder)  # an original .pth, a teacher YAML or a transformers folder
+            return
         if folder.is_file():  # a released DASS or VMamba ImageNet checkpoint
             self._load_released(folder)
             return
@@ -290,8 +310,31 @@ class Trainer:
         own = self.model.module.state_dict()
         fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         self.model.module.load_state_dict(fitting, strict=False)
+        head_bias = self.model.module.get_classifier().bias
+        self.fresh_head = not any(p is head_bias and n in fitting for n, p in self.model.module.named_parameters())
         if self.is_main:
             console.print(f"initialised {len(fitting)}/{len(own)} tensors from {run_dir} ({tag})")
+
+    def _load_released_ast(self, path: Path) -> None:
+        """Fine-tune a released AST: every transformer weight, the position table adapted to this
+        run's strides and length, and a new head unless the label set is the checkpoint's own."""
+        from dass_distill.teachers import load_teacher
+        from dass_distill.teachers.ast_finetune import init_from_pretrained_ast
+
+        spec = str(path) if path.suffix in (".yaml", ".yml") else f"ast:{path}"
+        source = load_teacher(spec)
+        if getattr(source, "kind", None) != "ast":
+            raise UserError(f"pretrained={path} is a {getattr(source, 'kind', 'ensemble')} teacher; an AST model "
+                            f"fine-tunes from an AST checkpoint (original .pth or transformers folder)")
+        labels = self.info.label_map
+        same_labels = (list(source.label_ids) == list(labels.ids) if source.label_ids is not None
+                       else source.num_classes == len(labels))
+        done = init_from_pretrained_ast(self.model.module, source.model, str(path), keep_head=same_labels)
+        self.fresh_head = done["head"] == "new"
+        if self.is_main:
+            grid = done["position_grid"]
+            console.print(f"initialised AST from {path}: positions {grid['from'][0]}x{grid['from'][1]} -> "
+                          f"{grid['to'][0]}x{grid['to'][1]} patches, {done['head']} head")
 
     def _load_released(self, path: Path) -> None:
         from dass_distill.students import WeightsError, init_from_vmamba, load_dass_weights
@@ -301,6 +344,7 @@ class Trainer:
         try:
             load_dass_weights(self.model.module, path)
             what = "all weights"
+            self.fresh_head = False
         except WeightsError:  # another label set (or ImageNet): keep this task's head
             init_from_vmamba(self.model.module, path)
             what = "backbone (head re-initialised)"
@@ -316,6 +360,9 @@ class Trainer:
         if client is None:
             raise UserError(f"could not resume from {self.ckpt_dir}; delete it or choose another output_dir")
         self.state = TrainState(**client["train_state"])
+        mon = client.get("monitor") or {}
+        self.monitor.bce_ema, self.monitor.last_map = mon.get("bce_ema"), mon.get("last_map")
+        self.monitor.warned = set(mon.get("warned", ()))
         torch.set_rng_state(client["rng"]["torch"])
         np.random.set_state(client["rng"]["numpy"])
         random.setstate(client["rng"]["python"])
@@ -327,6 +374,8 @@ class Trainer:
         client = {
             "train_state": asdict(self.state),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "monitor": {"bce_ema": self.monitor.bce_ema, "last_map": self.monitor.last_map,
+                        "warned": sorted(self.monitor.warned)},
         }
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client, save_latest=latest)
         if latest and self.is_main:
@@ -371,6 +420,9 @@ class Trainer:
                         continue  # a skipped batch, or mid gradient accumulation: no optimizer step yet
                     st.step = self.engine.global_steps
                     progress.update(task, completed=st.step)
+                    warning = self.monitor.update(st.step, float(losses["bce"]))
+                    if warning and self.is_main:
+                        progress.console.print(f"[yellow]{escape(warning)}")
                     if st.step % cfg.log_every == 0 or st.step == self.total_steps:
                         now = time.perf_counter()
                         rate = clips_seen * world_size() / (now - t_last)
@@ -442,6 +494,9 @@ class Trainer:
         if log:
             log.write(st.step, st.epoch + 1, "eval", result)
         progress.console.print(f"step {st.step}: eval mAP {result['mAP']:.4f}  d' {result['d_prime']:.3f}")
+        warning = self.monitor.evaluated(st.step, result["mAP"])
+        if warning and self.is_main:
+            progress.console.print(f"[yellow]{escape(warning)}")
         if math.isfinite(result["mAP"]) and result["mAP"] > st.best_map:
             st.best_map, st.best_step = result["mAP"], st.step
             self.save("best", latest=False)
@@ -499,12 +554,28 @@ class Trainer:
             "zero_stage": self.cfg.deepspeed.zero_stage,
             "averaged_mAP": getattr(self, "averaged_map", None),
             "distilled": self.distilling,
+            "health": self.monitor.report(),
             "teacher": self.teacher_provenance,
             "output_dir": str(self.out),
         }
         if self.is_main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            if summary["health"]["collapsed"]:
+                self.explain_collapse(summary["health"])
         return summary
+
+    def explain_collapse(self, health: dict) -> None:
+        """Tell the user the model is useless, and why it probably is."""
+        o, cfg = self.cfg.optim, self.cfg
+        causes = likely_causes(o.optimizer, o.lr, o.weight_decay, self.total_steps - o.warmup_steps, cfg.head_bias,
+                               cfg.distill.kd_weight, self.distilling)
+        lines = [f"This run collapsed ({' and '.join(health['reasons'])}): training BCE "
+                 f"{health['final_train_bce']}, label-prior BCE {health['prior_bce']}"
+                 + (f", eval mAP {health['final_eval_mAP']:.4f} vs chance {health['chance_mAP']:.4f}"
+                    if health["final_eval_mAP"] is not None and health["chance_mAP"] is not None else "")
+                 + ". The model has not learned to use its input. Likely causes:"]
+        lines += [f"  - {c}" for c in causes]
+        console.print(Panel(Text("\n".join(lines)), title="collapsed run", border_style="red"))
 
 
 def all_finite(loss: torch.Tensor) -> bool:

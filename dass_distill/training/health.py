@@ -1,0 +1,108 @@
+"""Is the run learning? Collapse detection against the label prior and chance mAP.
+
+A run has collapsed when, after warm-up, its training BCE stays at the BCE of
+predicting every class's frequency for every clip (it learned the prior and nothing
+else), or when its eval mAP is no better than a random ranking's. Either way the
+model is useless, and the user is told so with the likely causes, instead of a
+quiet summary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+#: Training BCE at or above this share of the prior BCE counts as "at the prior"
+#: (a model that learns anything gets clearly below it).
+PRIOR_SHARE = 0.97
+#: Eval mAP within this distance of chance counts as "at chance".
+CHANCE_MARGIN = 0.03
+#: Steps of smoothing for the training BCE (an exponential moving average).
+EMA_STEPS = 50
+
+
+@dataclass
+class CollapseMonitor:
+    """Watches the training BCE and the eval mAP of one run.
+
+    ``prior_bce``: BCE of predicting the label prior (see ``label_prior.prior_bce``);
+    ``chance_map``: expected eval mAP of random scores (None without an eval set);
+    ``check_after``: the first step at which the loss is judged (after warm-up).
+    """
+
+    prior_bce: float
+    chance_map: float | None
+    check_after: int
+    bce_ema: float | None = None
+    last_map: float | None = None
+    warned: set[str] = field(default_factory=set)
+
+    def update(self, step: int, bce: float) -> str | None:
+        """Feed one step's training BCE; returns a warning the first time the loss is judged
+        to sit at the prior."""
+        if not math.isfinite(bce):
+            return None
+        a = 2.0 / (EMA_STEPS + 1)
+        self.bce_ema = bce if self.bce_ema is None else (1 - a) * self.bce_ema + a * bce
+        if step >= self.check_after and self.at_prior and "prior" not in self.warned:
+            self.warned.add("prior")
+            return (f"step {step}: training BCE {self.bce_ema:.4f} is still at the label prior's "
+                    f"{self.prior_bce:.4f}: so far the model predicts class frequencies and ignores the input "
+                    f"(models trained from scratch can sit there for a few hundred steps; if it stays, the run "
+                    f"has collapsed)")
+        return None
+
+    def evaluated(self, step: int, mAP: float) -> str | None:
+        """Record an evaluation; returns a warning when it is at chance level after warm-up."""
+        self.last_map = mAP
+        if step >= self.check_after and self.at_chance and "chance" not in self.warned:
+            self.warned.add("chance")
+            return f"step {step}: eval mAP {mAP:.4f} is at chance level ({self.chance_map:.4f} for random scores)"
+        return None
+
+    @property
+    def at_prior(self) -> bool:
+        return self.bce_ema is not None and self.bce_ema >= PRIOR_SHARE * self.prior_bce
+
+    @property
+    def at_chance(self) -> bool:
+        return (self.chance_map is not None and self.last_map is not None and math.isfinite(self.last_map)
+                and self.last_map <= self.chance_map + CHANCE_MARGIN)
+
+    def report(self) -> dict:
+        """What the run summary records; ``collapsed`` is judged on the final state."""
+        reasons = []
+        if self.at_prior:
+            reasons.append("training loss at the label prior")
+        if self.at_chance:
+            reasons.append("eval mAP at chance level")
+        return {"collapsed": bool(reasons), "reasons": reasons, "prior_bce": round(self.prior_bce, 6),
+                "final_train_bce": None if self.bce_ema is None else round(self.bce_ema, 6),
+                "chance_mAP": None if self.chance_map is None else round(self.chance_map, 6),
+                "final_eval_mAP": self.last_map}
+
+
+def likely_causes(optimizer: str, lr: float, weight_decay: float, steps_after_warmup: int,
+                  head_bias: str, kd_weight: float, distilling: bool) -> list[str]:
+    """The usual reasons for a collapsed run, most specific first, given its settings."""
+    causes = []
+    if optimizer == "adam" and weight_decay >= 1e-3:
+        causes.append(f"optim.weight_decay={weight_decay:g} with optim.optimizer=adam is an L2 term inside Adam's "
+                      f"normalised step: where the loss gradient is smaller it shrinks every weight by about lr "
+                      f"per step, towards 0. Use optim.optimizer=adamw (decoupled decay) or a decay <= 1e-4")
+    if head_bias != "prior":
+        causes.append("head_bias=zero starts every class at probability 0.5; the network then learns the "
+                      "class frequencies by making its features input-independent. Use head_bias=prior")
+    if lr > 3e-3:
+        causes.append(f"optim.lr={lr:g} is high for Adam; try 3e-4 to 1e-3")
+    elif lr < 5e-5:
+        causes.append(f"optim.lr={lr:g} may be too low for training from scratch; try 3e-4 to 1e-3")
+    if steps_after_warmup < 300:
+        causes.append(f"only {steps_after_warmup} steps after warm-up: small models trained from scratch often "
+                      f"sit at the prior for a few hundred steps; train longer (optim.epochs)")
+    if distilling and kd_weight >= 0.9:
+        causes.append(f"distill.kd_weight={kd_weight:g} leaves little label signal; check the teacher "
+                      f"('dass-distill evaluate' on its exported folder)")
+    causes.append("labels or audio that carry no signal: check the manifest's labels and that the clips are "
+                  "not silent ('dass-distill predict' on a few files)")
+    return causes

@@ -1,0 +1,132 @@
+"""Label prior, prior-logit head bias, chance mAP and the collapse monitor."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dass_distill.metrics import average_precision
+from dass_distill.training.health import CollapseMonitor, likely_causes
+from dass_distill.training.label_prior import (
+    PRIOR_FLOOR, chance_average_precision, chance_map, label_prior, prior_bce, prior_logits,
+)
+
+
+def test_label_prior_plain_and_weighted():
+    y = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [1, 0, 0]], dtype=np.float32)
+    np.testing.assert_allclose(label_prior(y), [0.75, 0.5, PRIOR_FLOOR])
+    w = np.array([1.0, 1.0, 2.0, 0.0])  # clip 3 never drawn, clip 2 twice as often
+    np.testing.assert_allclose(label_prior(y, w), [2 / 4, 3 / 4, PRIOR_FLOOR])
+    with pytest.raises(ValueError):
+        label_prior(np.zeros((0, 3)))
+
+
+def test_prior_logits_and_bce_match_torch():
+    p = np.array([0.5, 0.1, 0.02, 0.9])
+    b = prior_logits(p)
+    np.testing.assert_allclose(torch.sigmoid(torch.tensor(b)).numpy(), p, rtol=1e-12)
+    # the BCE of predicting the prior for every clip of a set whose class rates are the prior
+    y = np.array([[1, 1, 1, 0]] + [[1, 0, 0, 1]] * 4 + [[0, 0, 0, 1]] * 5, dtype=np.float64)
+    rates = y.mean(axis=0)
+    logits = torch.tensor(prior_logits(rates)).expand(len(y), -1)
+    want = F.binary_cross_entropy_with_logits(logits, torch.tensor(y)).item()
+    assert prior_bce(rates) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("n,r", [(5, 1), (6, 2), (7, 3), (8, 8), (1, 1)])
+def test_chance_average_precision_is_the_mean_over_all_rankings(n, r):
+    scores = np.arange(n, 0, -1, dtype=np.float64)[:, None]  # item i ranked i-th
+    aps = []
+    for pos in itertools.combinations(range(n), r):
+        t = np.zeros((n, 1))
+        t[list(pos)] = 1
+        aps.append(average_precision(scores, t)[0])
+    assert chance_average_precision(r, n) == pytest.approx(np.mean(aps), rel=1e-12)
+
+
+def test_chance_map_skips_classes_without_positives():
+    t = np.zeros((10, 3))
+    t[:2, 0] = 1
+    t[:5, 1] = 1
+    assert chance_map(t) == pytest.approx((chance_average_precision(2, 10) + chance_average_precision(5, 10)) / 2)
+
+
+def test_monitor_flags_a_loss_at_the_prior_once_after_warm_up():
+    mon = CollapseMonitor(prior_bce=0.40, chance_map=0.2, check_after=100)
+    warnings = [mon.update(s, 0.40 + 0.01 * math.sin(s)) for s in range(1, 300)]
+    found = [(s, w) for s, w in zip(range(1, 300), warnings) if w]
+    assert len(found) == 1 and found[0][0] == 100 and "label prior" in found[0][1]
+    assert mon.report()["collapsed"] and mon.report()["reasons"] == ["training loss at the label prior"]
+
+
+def test_monitor_quiet_for_a_learning_run():
+    mon = CollapseMonitor(prior_bce=0.40, chance_map=0.2, check_after=50)
+    for s in range(1, 400):
+        assert mon.update(s, 0.40 * math.exp(-s / 100)) is None
+    assert mon.evaluated(400, 0.7) is None
+    rep = mon.report()
+    assert not rep["collapsed"] and rep["final_train_bce"] < 0.1 and rep["final_eval_mAP"] == 0.7
+
+
+def test_monitor_flags_chance_level_eval():
+    mon = CollapseMonitor(prior_bce=0.40, chance_map=0.2, check_after=50)
+    assert mon.evaluated(10, 0.21) is None  # before warm-up: not judged
+    assert "chance level" in mon.evaluated(60, 0.21)
+    assert mon.evaluated(70, 0.22) is None  # once
+    assert mon.report()["reasons"] == ["eval mAP at chance level"]
+    assert mon.evaluated(80, 0.5) is None and not mon.report()["collapsed"]  # judged on the final state
+
+
+def test_likely_causes_name_the_coupled_decay_first():
+    causes = likely_causes("adam", 1e-3, 0.05, 1000, "prior", 0.5, False)
+    assert "optim.optimizer=adamw" in causes[0]
+    assert not any("weight_decay" in c for c in likely_causes("adamw", 1e-3, 0.05, 1000, "prior", 0.5, False))
+    assert any("head_bias=prior" in c for c in likely_causes("adamw", 1e-3, 0.0, 1000, "zero", 0.5, False))
+
+
+# ------------------------------------------------------------------ in the training loop
+def test_train_starts_the_head_at_the_prior_and_reports_health(tmp_path, synth_data):
+    from dass_distill.data.manifest import load_manifest
+    from dass_distill.training.checkpoint import load_trained_model
+    from dass_distill.training.config import load_config
+    from dass_distill.training.loop import train
+    from test_training import base_overrides
+
+    over = base_overrides(synth_data, tmp_path / "run", **{"optim.max_steps": 1, "optim.lr": 1e-12,
+                                                           "optim.warmup_steps": 0})
+    summary = train(load_config(None, over))
+    model, *_ = load_trained_model(tmp_path / "run")
+    train_targets = load_manifest(synth_data["train_manifest"]).targets()
+    want = torch.tensor(prior_logits(label_prior(train_targets)), dtype=torch.float32)
+    torch.testing.assert_close(model.module.get_classifier().bias, want, rtol=0, atol=1e-5)
+    health = summary["health"]
+    assert health["prior_bce"] == pytest.approx(prior_bce(label_prior(train_targets)), rel=1e-5)
+    assert health["chance_mAP"] == pytest.approx(chance_map(load_manifest(synth_data["eval_manifest"]).targets()),
+                                                 rel=1e-5)
+    zero = train(load_config(None, base_overrides(synth_data, tmp_path / "zero", **{
+        "optim.max_steps": 1, "optim.lr": 1e-12, "optim.warmup_steps": 0, "head_bias": "zero"})))
+    model, *_ = load_trained_model(tmp_path / "zero")
+    assert model.module.get_classifier().bias.abs().max() < 1e-6 and zero["steps"] == 1
+
+
+def test_a_run_that_learns_nothing_is_called_collapsed(tmp_path, synth_data, capsys):
+    """lr 1e-9 leaves the model at its prior-bias start: the loss is the prior's, the run is flagged
+    with its likely causes, and summary.json says so."""
+    import json
+
+    from dass_distill.training.config import load_config
+    from dass_distill.training.loop import train
+    from test_training import base_overrides
+
+    over = base_overrides(synth_data, tmp_path / "run", **{"optim.epochs": 4, "optim.lr": 1e-9,
+                                                           "optim.warmup_steps": 0, "augment.time_mask": 0,
+                                                           "augment.freq_mask": 0})
+    summary = train(load_config(None, over))
+    assert summary["health"]["collapsed"]
+    assert "training loss at the label prior" in summary["health"]["reasons"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["health"]["collapsed"]
+    err = capsys.readouterr().err
+    assert "collapsed run" in err and "may be too low" in err
