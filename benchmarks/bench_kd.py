@@ -59,7 +59,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--work", type=Path, default=Path("bench_work/kd"))
+    ap.add_argument("--max-steps", type=int, default=None, help="cap every run (a smoke test; numbers mean nothing)")
     args = ap.parse_args()
+    cap = {"optim.max_steps": args.max_steps} if args.max_steps else {}
 
     from dass_distill.caching import build_cache
     from dass_distill.data.manifest import load_manifest
@@ -72,7 +74,7 @@ def main() -> None:
     train_manifest = load_manifest(data["train"])
     teachers = {}
     for kind, model in (("ast", "ast_tiny"), ("sslam", "sslam_tiny")):
-        run = train_run("demo_teacher.yaml", data, work / f"teacher_{kind}", 0, model=model)
+        run = train_run("demo_teacher.yaml", data, work / f"teacher_{kind}", 0, model=model, **cap)
         teachers[kind] = export_final(work / f"teacher_{kind}", work / f"teacher_{kind}_export")
         console.print(f"teacher {kind}: eval mAP {final_map(run):.3f}")
     caches = {"CACHE": work / "cache_dense.h5", "TOPK": work / "cache_ast_top3.h5"}
@@ -89,13 +91,15 @@ def main() -> None:
     for label, overrides in STUDENT_ROWS:
         over = {k: str(caches[v]) if v in caches else v for k, v in overrides.items()}
         row_dir = work / f"student_{len(rows)}"
-        summaries = [train_run("demo_student.yaml", data, row_dir / f"seed_{seed}", seed, **over) for seed in args.seeds]
+        summaries = [train_run("demo_student.yaml", data, row_dir / f"seed_{seed}", seed, **over, **cap)
+                     for seed in args.seeds]
         rows.append(("dass_tiny", label, [final_map(s) for s in summaries],
                      sum(s["health"]["collapsed"] for s in summaries)))
     rows += [(f"teacher {k}", "labels only, seed 0", [v], 0) for k, v in teacher_maps.items()]
     chance = chance_map(load_manifest(data["eval"]).targets())
     print_table("KD options (synthetic set)", rows, chance, args.seeds)
-    console.print(markdown_table(rows))
+    print(markdown_table(rows), flush=True)  # plain: rich would wrap the table's lines
+    (work / "results.md").write_text(markdown_table(rows) + "\n")
     result = {"seeds": args.seeds, "chance_mAP": chance, "minutes": (time.perf_counter() - t0) / 60,
               "rows": [{"model": m, "recipe": r, "mAP": v, "collapsed": c} for m, r, v, c in rows]}
     (work / "results.json").write_text(json.dumps(result, indent=2))

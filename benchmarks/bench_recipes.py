@@ -32,7 +32,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--work", type=Path, default=Path("bench_work/recipes"))
     ap.add_argument("--no-kd", action="store_true", help="skip the teacher's cache and the KD student")
+    ap.add_argument("--max-steps", type=int, default=None, help="cap every run (a smoke test; numbers mean nothing)")
     args = ap.parse_args()
+    cap = {"optim.max_steps": args.max_steps} if args.max_steps else {}
 
     from dass_distill.caching import build_cache
     from dass_distill.data.manifest import load_manifest
@@ -48,28 +50,29 @@ def main() -> None:
     for seed in args.seeds:
         s = work / f"seed_{seed}"
         add = lambda key, summary: runs.setdefault(key, []).append(summary)
-        add(("ast_tiny", "teacher recipe"), train_run("demo_teacher.yaml", data, s / "teacher", seed))
+        add(("ast_tiny", "teacher recipe"), train_run("demo_teacher.yaml", data, s / "teacher", seed, **cap))
         add(("cnn_baseline", "teacher recipe"), train_run("demo_teacher.yaml", data, s / "cnn_teacher_recipe", seed,
-                                                          model="cnn_baseline"))
+                                                          model="cnn_baseline", **cap))
         add(("dass_tiny", "student recipe, no KD"), train_run("demo_student.yaml", data, s / "student_nokd", seed,
-                                                              **{"distill.kd_weight": 0}))
+                                                              **{"distill.kd_weight": 0}, **cap))
         if not args.no_kd:
             cache = s / "teacher_cache.h5"
             if not cache.is_file():
                 teacher = load_teacher(f"ast:{export_final(s / 'teacher', s / 'teacher_export')}", name="ast")
                 build_cache([teacher], load_manifest(data["train"]), cache, num_workers=0, command="bench_recipes")
             add(("dass_tiny", "student recipe, KD from the AST"),
-                train_run("demo_student.yaml", data, s / "student_kd", seed, **{"distill.cache": cache}))
+                train_run("demo_student.yaml", data, s / "student_kd", seed, **{"distill.cache": cache}, **cap))
         add(("cnn_baseline", "student recipe, no KD"), train_run("demo_student.yaml", data, s / "cnn_student_recipe",
                                                                  seed, model="cnn_baseline",
-                                                                 **{"distill.kd_weight": 0}))
+                                                                 **{"distill.kd_weight": 0}, **cap))
     rows = [(model, recipe, [final_map(r) for r in summaries], sum(r["health"]["collapsed"] for r in summaries))
             for (model, recipe), summaries in runs.items()]
     print_table(f"recipes on {data['name']}", rows, chance, args.seeds)
     result = {"data": data["name"], "seeds": args.seeds, "chance_mAP": chance, "minutes": (time.perf_counter() - t0) / 60,
               "rows": [{"model": m, "recipe": r, "mAP": v, "collapsed": c} for m, r, v, c in rows]}
     (work / "results.json").write_text(json.dumps(result, indent=2))
-    console.print(markdown_table(rows))
+    print(markdown_table(rows), flush=True)  # plain: rich would wrap the table's lines
+    (work / "results.md").write_text(markdown_table(rows) + "\n")
     console.print(f"results in {work / 'results.json'}")
 
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 class CNNConfig:
     """Architecture of the CNN baseline."""
 
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # ~99k parameters
     num_classes: int = 527
     drop_rate: float = 0.2
 
