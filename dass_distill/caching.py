@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.markup import escape
 from torch.utils.data import DataLoader, Dataset
 
 from dass_distill import __version__
@@ -323,7 +324,7 @@ def build_cache(
     mine = todo[rank::world]
     _barrier(world)  # every rank has listed the finished segments before anyone adds new ones
     if segments and rank == 0:
-        console.print(f"resuming: {len(blocks) - len(todo)} of {len(blocks)} blocks already done in {parts}")
+        console.print(f"resuming: {len(blocks) - len(todo)} of {len(blocks)} blocks already done in {escape(str(parts))}")
 
     for t in teachers:
         t.to(dev).eval()
@@ -358,7 +359,7 @@ def build_cache(
     if report.failed:
         console.print(f"[yellow]{len(report.failed)} clip(s) could not be read and are not in the cache:")
         for clip_id, reason in report.failed.items():
-            console.print(f"  [yellow]{clip_id}[/]: {reason}")
+            console.print(f"  [yellow]{escape(clip_id)}[/]: {escape(str(reason))}")
     return report
 
 
@@ -414,5 +415,5 @@ def merge_segments(parts: Path, out: Path, manifest: Manifest, provenance: dict[
         if missing:
             raise UserError(f"{missing} clips are in no segment of {parts}; rerun the same command to finish them")
     shutil.rmtree(parts, ignore_errors=True)
-    console.print(f"[dim]merged {parts.name} into {out.name} in {time.perf_counter() - started:.1f} s")
+    console.print(f"[dim]merged {escape(parts.name)} into {escape(out.name)} in {time.perf_counter() - started:.1f} s")
     return CacheReport(out, len(manifest), written, dict(sorted(failed.items(), key=lambda kv: manifest.ids.index(kv[0]))))

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
+from dass_distill import reports
 from dass_distill.console import console
 
 app = typer.Typer(
@@ -39,20 +40,23 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def print_error(error: Exception) -> None:
+    """One line, ``error: MESSAGE``; the message is plain text (brackets in paths, clip ids or
+    pip extras like ``dass-distill[onnx]`` are printed as they are, not read as markup)."""
+    console.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
+
+
 def user_errors(fn):
     """Report user-caused errors as one red line and exit 2, instead of a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from dass_distill.errors import UserError
-        from dass_distill.logit_cache import CacheFormatError
-        from dass_distill.students import ModelFolderError, WeightsError
-        from dass_distill.teachers import CheckpointError
 
         try:
             return fn(*args, **kwargs)
-        except (UserError, CacheFormatError, CheckpointError, ModelFolderError, WeightsError, FileNotFoundError) as e:
-            console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        except UserError as e:  # anything else is a bug: its traceback shows
+            print_error(e)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -76,8 +80,9 @@ def synth(
         task = progress.add_task("synth", total=num_train + num_eval)
         info = make_synthetic_dataset(out, num_train=num_train, num_eval=num_eval, duration=duration, seed=seed,
                                       progress=lambda n: progress.update(task, completed=n))
-    console.print(f"wrote {info['num_train']} train + {info['num_eval']} eval clips, {info['num_classes']} classes, "
-                  f"to {out}  (manifests: {info['train_manifest']}, {info['eval_manifest']})")
+    console.print(reports.line(f"wrote {info['num_train']} train + {info['num_eval']} eval clips, "
+                               f"{info['num_classes']} classes, to {out}  (manifests: {info['train_manifest']}, "
+                               f"{info['eval_manifest']})"))
 
 
 @app.command()
@@ -87,19 +92,11 @@ def models() -> None:
     from dass_distill.students import list_models
     from dass_distill.teachers import AST_CONFIGS
 
-    table = Table(title="models")
-    table.add_column("name")
-    table.add_column("role")
-    table.add_column("parameters", justify="right")
-    for name in list_models():
-        table.add_row(name, "student (DASS)", f"{parameter_count(name) / 1e6:.2f} M")
-    for name in AST_CONFIGS:
-        table.add_row(name, "teacher (AST, trainable)", f"{parameter_count(name) / 1e6:.2f} M")
-    for name in SSLAM_CONFIGS:
-        table.add_row(name, "teacher (SSLAM/EAT, trainable)", f"{parameter_count(name) / 1e6:.2f} M")
-    for name in BASELINES:
-        table.add_row(name, "baseline (plain CNN, for comparisons)", f"{parameter_count(name) / 1e6:.2f} M")
-    console.print(table)
+    rows = [(name, "student (DASS)", parameter_count(name)) for name in list_models()]
+    rows += [(name, "teacher (AST, trainable)", parameter_count(name)) for name in AST_CONFIGS]
+    rows += [(name, "teacher (SSLAM/EAT, trainable)", parameter_count(name)) for name in SSLAM_CONFIGS]
+    rows += [(name, "baseline (plain CNN, for comparisons)", parameter_count(name)) for name in BASELINES]
+    console.print(reports.models_table(rows))
 
 
 # --------------------------------------------------------------------------- cache
@@ -172,10 +169,7 @@ def cache(
                          layout=layout, views=spec, storage=storage, block_clips=block_clips)
     if not report.written:
         return  # a worker rank: rank 0 merged and reports
-    written = ", ".join(f"{k}: {v}" for k, v in report.written.items())
-    resumed = f"; {report.resumed_blocks} blocks reused from an interrupted run" if report.resumed_blocks else ""
-    console.print(f"wrote {out}: {report.clips} clips in manifest; logits written ({written}); "
-                  f"{len(report.failed)} failed{resumed}")
+    console.print(reports.cache_written_line(out, report))
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:
@@ -198,69 +192,8 @@ def cache_info(path: Path) -> None:
     from dass_distill.logit_cache import LogitCacheReader
     from dass_distill.logit_cache.info import summarize
 
-    summary = summarize(LogitCacheReader(path))
-    table = Table(title=str(path), show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    for key, value in summary.items():
-        if key == "teachers":
-            continue
-        if key == "views":
-            table.add_row("views", _views_text(value))
-            if value.get("augment") is not None:
-                table.add_row("augment", json.dumps(value["augment"]))
-            continue
-        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
-    console.print(table)
-    overview = Table(title="teachers")
-    for col in ("name", "kind", "ensemble", "written", "missing", "failed", "views", "storage", "long clips",
-                "checkpoint sha256"):
-        overview.add_column(col)
-    views = summary.get("views") or {}
-    for name, t in summary.get("teachers", {}).items():
-        prov = t.get("provenance") or {}
-        clips = prov.get("clips") or {}
-        long = clips.get("long")
-        if views.get("augmented"):
-            long = "- (views cut to the window)"
-        elif long == "windows":
-            long = f"{clips.get('window_seconds', 0):.2f} s windows, hop {clips.get('hop_seconds')} s, {clips.get('aggregate')}"
-        overview.add_row(name, str(prov.get("kind", "?")), str((prov.get("ensemble") or {}).get("name", "")),
-                         str(t["written"]), str(t["missing"]), str(t["failed"]),
-                         f"{views.get('count', 1)}{' augmented' if views.get('augmented') else ''}",
-                         _storage_text(t), str(long or "?"), str(prov.get("checkpoint_sha256") or "")[:12])
-    console.print(overview)
-    for name, t in summary.get("teachers", {}).items():
-        tt = Table(title=f"teacher {name}", show_header=False)
-        tt.add_column("key", style="bold")
-        tt.add_column("value")
-        for key, value in t.items():
-            text = json.dumps(value, indent=1) if isinstance(value, dict) else json.dumps(value) if isinstance(value, list) else str(value)
-            tt.add_row(key, text)
-        console.print(tt)
-
-
-def _views_text(views: dict) -> str:
-    """``cache-info``: the views line, e.g. ``10 per clip, augmented (replay 16 B per view, 1.5 MiB on disk)``."""
-    count = views.get("count", 1)
-    if not views.get("augmented"):
-        return f"{count} per clip, the clip itself (not augmented)"
-    on_disk = views.get("params_bytes_on_disk")
-    disk = ""
-    if on_disk is not None:
-        size = next((f"{on_disk / 2**p:.1f} {u}" for p, u in ((30, "GiB"), (20, "MiB"), (10, "KiB")) if on_disk >= 2**p),
-                    f"{on_disk} B")
-        disk = f", {size} on disk"
-    return f"{count} per clip, augmented (replay {views.get('replay_bytes_per_view', 0)} B per view{disk})"
-
-
-def _storage_text(teacher: dict) -> str:
-    """``cache-info``: a teacher's storage cell, e.g. ``top-k 20, 67 B/view + 16 B replay``."""
-    storage = teacher.get("storage") or {}
-    kind = f"top-k {storage.get('k')}" if storage.get("kind") == "topk" else str(storage.get("kind", "?"))
-    text = f"{kind}, {teacher.get('bytes_per_view')} B/view"
-    replay = teacher.get("replay_bytes_per_view") or 0
-    return text + (f" + {replay} B replay" if replay else "")
+    for t in reports.cache_info_tables(path, summarize(LogitCacheReader(path))):
+        console.print(t)
 
 
 @app.command("cache-check")
@@ -291,33 +224,12 @@ def cache_check(
 
     manifest = load_manifest(data, label_map)
     report = check_cache(cache, manifest, verify, teacher, atol, seed, device, allow_pickle,
-                         log=lambda msg: console.print(f"[dim]{msg}"))
-    table = Table(title=f"{cache} vs {data} ({report.manifest_clips} clips)")
-    for col in ("teacher", "cached", "in manifest, no logits", "cached, not in manifest"):
-        table.add_column(col, justify="left" if col == "teacher" else "right")
-    for c in report.coverage:
-        table.add_row(c.teacher, str(c.cached), str(len(c.missing)), str(len(c.extra)))
-    console.print(table)
-    if not report.labels_match:
-        console.print(f"[red]label map differs: {report.label_problem}; re-create the cache with this label map")
-    for c in report.coverage:
-        for what, ids in (("in the manifest but without logits", c.missing), ("cached but not in the manifest", c.extra)):
-            if ids:
-                reasons = [f"{i} ({report.failed[i]})" if i in report.failed else i for i in ids[:show]]
-                console.print(f"[yellow]{c.teacher}: {len(ids)} clip(s) {what}:[/] {', '.join(reasons)}"
-                              + (" ..." if len(ids) > show else ""), soft_wrap=True)
-    if report.verifications:
-        vt = Table(title="verification against the live teacher")
-        for col in ("teacher", "clips", "max |diff|", "beyond fp16 rounding", "tolerance", "ok"):
-            vt.add_column(col, justify="left" if col == "teacher" else "right")
-        for v in report.verifications:
-            vt.add_row(v.teacher, str(len(v.clips)), f"{v.max_abs_diff:.2e}", f"{v.max_excess:.2e}", f"{v.atol:g}",
-                       "[green]yes" if v.ok else "[red]NO")
-        console.print(vt)
+                         log=lambda msg: console.print(reports.plain(msg, "dim")))
+    for item in reports.cache_check_report(cache, data, report, show):
+        console.print(item, soft_wrap=True)
     if output:
         output.write_text(json.dumps({**dataclasses.asdict(report), "cache": str(report.cache), "ok": report.ok},
                                      indent=2))
-    console.print("[green]cache matches the manifest" if report.ok else "[red]cache does not match (see above)")
     if not report.ok:
         raise typer.Exit(1)
 
@@ -360,11 +272,7 @@ def train(
         relaunch_with_deepspeed(_without_option(sys.argv[1:], "--procs"), max(1, n_proc),
                                 str(hostfile) if hostfile else None)
     summary = run_training(cfg)
-    if summary.get("best_mAP") is not None:
-        console.print(f"done: {summary['steps']} steps, best eval mAP {summary['best_mAP']:.4f} "
-                      f"(step {summary['best_step']}); run folder {summary['output_dir']}")
-    else:
-        console.print(f"done: {summary['steps']} steps; run folder {summary['output_dir']}")
+    console.print(reports.training_done_line(summary))
 
 
 def _gpu_count() -> int:
@@ -391,16 +299,8 @@ def export(
     _quiet_libraries()
     from dass_distill.export import export_run
 
-    report = export_run(checkpoint, out, tag, format, atol, log=lambda msg: console.print(f"[dim]{msg}"))
-    table = Table(title=f"exported {report.family} model (checkpoint '{report.tag}') to {report.folder}")
-    for col, justify in (("format", "left"), ("file", "left"), ("input", "left"), ("frames", "right"),
-                         ("max |logit diff|", "right"), ("tolerance", "right")):
-        table.add_column(col, justify=justify)
-    for c in report.checks:
-        path = report.files.get(c.format)
-        table.add_row(c.format, path.name if path and path.is_file() else str(path or ""), c.input, str(c.frames),
-                      f"{c.max_abs_diff:.2e}", f"{c.atol:g}")
-    console.print(table)
+    report = export_run(checkpoint, out, tag, format, atol, log=lambda msg: console.print(reports.plain(msg, "dim")))
+    console.print(reports.export_table(report))
 
 
 @app.command()
@@ -424,7 +324,7 @@ def predict(
     _quiet_libraries()
     from dass_distill.errors import UserError
     from dass_distill.inference import load_tagger
-    from dass_distill.timeline import audio_duration, tag_timeline, timeline_table, write_csv
+    from dass_distill.timeline import audio_duration, tag_timeline, write_csv
 
     if not window > 0 or not hop > 0 or batch_size < 1:
         raise UserError("--window and --hop must be positive and --batch-size at least 1")
@@ -437,23 +337,18 @@ def predict(
             use_timeline = timeline if timeline is not None else audio_duration(path) > window
             if use_timeline:
                 tl = tag_timeline(tagger, path, window, hop, batch_size=batch_size)
-                console.print(timeline_table(tl, top_k))
+                console.print(reports.timeline_table(tl, top_k))
                 results[str(path)] = tl.to_dict(top_k)
                 csv_rows += tl.csv_rows(top_k)
                 continue
             tags = tagger.tag_file(path, top_k)
         except UserError as e:
-            console.print(f"[red]{e}")
+            print_error(e)
             results[str(path)] = {"error": str(e)}
             csv_rows.append({"file": str(path), "error": str(e)})
             failures += 1
             continue
-        table = Table(title=str(path))
-        table.add_column("tag")
-        table.add_column("score", justify="right")
-        for name, score in tags:
-            table.add_row(name, f"{score:.3f}")
-        console.print(table)
+        console.print(reports.tags_table(path, tags))
         results[str(path)] = [{"label": n, "score": s} for n, s in tags]
         ids = dict(zip(tagger.label_names, tagger.label_ids))
         csv_rows += [{"file": str(path), "rank": r + 1, "label_id": ids.get(n, ""), "label": n, "score": f"{s:.6f}"}
@@ -483,63 +378,13 @@ def evaluate(
     from dass_distill.evaluation import evaluate_tagger, per_class_csv as per_class_csv_text
 
     result = evaluate_tagger(model, data, label_map, batch_size, backend=backend)
-    console.print(_evaluation_overview(result, f"{model} on {data}"))
-    for table in _evaluation_class_tables(result["per_class"], top):
+    console.print(reports.evaluation_overview(result, f"{model} on {data}"))
+    for table in reports.evaluation_class_tables(result["per_class"], top):
         console.print(table)
     if output:
         output.write_text(json.dumps(result, indent=2))
     if per_class_csv:
         per_class_csv.write_text(per_class_csv_text(result["per_class"]))
-
-
-def _evaluation_overview(result: dict, title: str) -> Table:
-    """``evaluate``: the overall metrics as a two-column table."""
-    import math
-
-    fmt = lambda v, digits: "n/a" if not math.isfinite(v) else f"{v:.{digits}f}"
-    records = result["per_class"]
-    with_ap = sum(math.isfinite(r["ap"]) for r in records)
-    with_auc = sum(math.isfinite(r["auc"]) for r in records)
-    table = Table(title=title, show_header=False)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row("mAP", fmt(result["mAP"], 4))
-    table.add_row("mAUC", fmt(result["mAUC"], 4))
-    table.add_row("d-prime", fmt(result["d_prime"], 3))
-    table.add_row("clips", str(result["clips"]))
-    table.add_row("unreadable clips", str(len(result["errors"])))
-    table.add_row("classes in mAP", f"{with_ap} of {len(records)}" + (" (the rest have no positive)" if with_ap < len(records) else ""))
-    if with_auc != with_ap:
-        table.add_row("classes in mAUC", f"{with_auc} of {len(records)} (AUC needs positives and negatives)")
-    return table
-
-
-def _evaluation_class_tables(records: list[dict], top: int) -> list[Table]:
-    """``evaluate``: the ``top`` best and worst classes by AP, or all classes ranked when they overlap."""
-    import math
-
-    from dass_distill.evaluation import best_and_worst
-
-    ranked = sum(math.isfinite(r["ap"]) for r in records)
-    if top == 0 or ranked == 0:
-        return []
-    if 2 * top >= ranked:
-        return [_class_table(best_and_worst(records, ranked)[0], f"all {ranked} classes by AP")]
-    best, worst = best_and_worst(records, top)
-    return [_class_table(best, f"best {top} classes by AP"), _class_table(worst, f"worst {top} classes by AP")]
-
-
-def _class_table(rows: list[dict], title: str) -> Table:
-    import math
-
-    table = Table(title=title)
-    for col, justify in (("index", "right"), ("class", "left"), ("label id", "left"), ("positives", "right"),
-                         ("AP", "right"), ("AUC", "right")):
-        table.add_column(col, justify=justify)
-    for r in rows:
-        table.add_row(str(r["index"]), r["label"], r["label_id"], str(r["positives"]), f"{r['ap']:.4f}",
-                      "n/a" if not math.isfinite(r["auc"]) else f"{r['auc']:.4f}")
-    return table
 
 
 # --------------------------------------------------------------------------- demo

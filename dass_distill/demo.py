@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 from rich.table import Table
 
 from dass_distill.console import console
@@ -42,8 +43,8 @@ def run_demo(work: Path, fast: bool = False, seed: int = 0) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     out = work / f"seed_{seed}"  # runs, cache and models of this seed; the data is shared
     if (out / "runs").is_dir():
-        console.print(f"[yellow]{out / 'runs'} exists: finished runs are reused and interrupted ones resumed; "
-                      f"delete {out} for a fresh run")
+        console.print(f"[yellow]{escape(str(out / 'runs'))} exists: finished runs are reused and interrupted ones resumed; "
+                      f"delete {escape(str(out))} for a fresh run")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -94,8 +95,8 @@ def run_demo(work: Path, fast: bool = False, seed: int = 0) -> dict:
     tagger = load_tagger(students["student_kd"])
     names = dict(zip(tagger.label_ids, tagger.label_names))
     true_names = [names[m] for m in clip.labels]
-    console.print(f"{clip.path.name}: true {true_names}; the student predicts "
-                  + ", ".join(f"{n} {s:.2f}" for n, s in tags))
+    console.print(escape(f"{clip.path.name}: true {true_names}; the student predicts "
+                         + ", ".join(f"{n} {s:.2f}" for n, s in tags)))
 
     console.rule("7/7 evaluation")
     results = {}
@@ -122,7 +123,7 @@ def run_demo(work: Path, fast: bool = False, seed: int = 0) -> dict:
                "work_dir": str(out.resolve()), "health": {name: run["health"] for name, run in runs.items()},
                "example_prediction": {"clip": str(clip.path), "true": true_names, "tags": tags}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(f"total {sum(timings.values()):.0f} s; summary written to {out / 'summary.json'}")
+    console.print(f"total {sum(timings.values()):.0f} s; summary written to {escape(str(out / 'summary.json'))}")
     return summary
 
 

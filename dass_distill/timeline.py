@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 import soundfile as sf
 import torch
-from rich.table import Table
 
 from dass_distill.data.audio import AudioError, resample
 from dass_distill.errors import UserError
@@ -274,25 +273,6 @@ def write_csv(rows: Sequence[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
-
-
-def timeline_table(tl: Timeline, top_k: int = 5) -> Table:
-    """Rich table of a Timeline: one row per window, its extent and top tags."""
-    table = Table(title=f"{tl.path} ({_clock(tl.duration_s)}, {len(tl)} windows of {tl.window_s:g} s, hop {tl.hop_s:g} s)",
-                  caption="whole recording (max over windows): " + ", ".join(f"{n} {s:.3f}" for n, s in tl.clip_top(top_k)))
-    table.add_column("start", justify="right")
-    table.add_column("end", justify="right")
-    table.add_column("top tags")
-    for start, end, tags in zip(tl.starts, tl.ends, tl.top(top_k)):
-        table.add_row(_clock(start), _clock(end), ", ".join(f"{n} {s:.3f}" for n, s in tags))
-    return table
-
-
-def _clock(seconds: float) -> str:
-    """``M:SS.s``, or ``H:MM:SS.s`` from an hour on."""
-    minutes, secs = divmod(round(float(seconds), 1), 60)  # round first: 59.96 s is 1:00.0, not 0:60.0
-    hours, minutes = divmod(int(minutes), 60)
-    return f"{hours}:{minutes:02d}:{secs:04.1f}" if hours else f"{minutes}:{secs:04.1f}"
 
 
 # --------------------------------------------------------------------------- tagging

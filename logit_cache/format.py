@@ -14,6 +14,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from dass_distill.errors import UserError
+
 FORMAT_NAME = "dass-distill-logit-cache"
 FORMAT_VERSION = 2
 #: Format versions this code can read. A newer file is refused, never guessed at.
@@ -64,7 +66,7 @@ PARTIAL_SUFFIX = ".partial"
 _FIX = "re-create it with `dass-distill cache`"
 
 
-class CacheFormatError(Exception):
+class CacheFormatError(UserError):
     """The file is not a logit cache this toolkit can read (one-line message naming file and fix)."""
 
 

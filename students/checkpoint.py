@@ -18,13 +18,15 @@ from pathlib import Path
 
 import torch
 
+from dass_distill.errors import UserError
+
 from .dass import DASS
 
 _PREFIXES = ("module.v.", "module.", "v.", "dass.", "model.")
 _HEAD_RENAMES = (("head.", "classifier.head."), ("norm.", "classifier.norm."))
 
 
-class WeightsError(Exception):
+class WeightsError(UserError):
     """Weights that do not fit the model; the message names the file and the first key."""
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from dass_distill.errors import UserError
+
 from .dass import DASS, DassConfig
 from .feature_extraction import DassFeatureExtractor
 
@@ -21,7 +23,7 @@ FORMAT_VERSION = 1
 FORMAT_KEY = "dass_distill_format"
 
 
-class ModelFolderError(Exception):
+class ModelFolderError(UserError):
     """A folder that is not a loadable student export."""
 
 

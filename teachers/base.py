@@ -24,8 +24,10 @@ from typing import Literal, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from dass_distill.errors import UserError
 
-class CheckpointError(Exception):
+
+class CheckpointError(UserError):
     """A teacher checkpoint that cannot be loaded; the message names teacher, file and key."""
 
 

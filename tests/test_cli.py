@@ -101,3 +101,27 @@ def test_cli_errors_are_one_line(tmp_path, synth_data, args, message):
 def test_models_lists_parameter_counts():
     out = cli("models").stderr
     assert "dass_small" in out and "29.88 M" in out and "48.65 M" in out and "ast_base" in out
+
+
+def test_user_errors_print_plain_text_and_bugs_keep_their_traceback(capsys):
+    import typer
+
+    from dass_distill.cli import user_errors
+    from dass_distill.errors import UserError
+    from dass_distill.logit_cache import CacheFormatError
+    from dass_distill.students import ModelFolderError, WeightsError
+    from dass_distill.teachers import CheckpointError
+
+    for error in (CheckpointError, ModelFolderError, WeightsError, CacheFormatError):
+        assert issubclass(error, UserError)  # one base: the CLI catches only it
+
+    @user_errors
+    def fails(exc):
+        raise exc
+
+    with pytest.raises(typer.Exit) as stop:
+        fails(UserError("runs/[seed 1]/model is missing; pip install 'dass-distill[onnx]'"))
+    assert stop.value.exit_code == 2
+    assert "error: runs/[seed 1]/model is missing; pip install 'dass-distill[onnx]'" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):  # not a user error: a bug somewhere, shown as one
+        fails(FileNotFoundError("/deep/inside"))

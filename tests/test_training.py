@@ -223,3 +223,14 @@ def test_pretrained_vmamba_checkpoint_initialises_backbone(tmp_path, synth_data)
     torch.testing.assert_close(model.module.patch_embed[0].weight, state["patch_embed.0.weight"].sum(1, keepdim=True),
                                rtol=1e-4, atol=1e-6)
     assert model.module.classifier.head.weight.shape[0] == 12
+
+
+def test_resume_with_another_config_is_refused(tmp_path, synth_data):
+    from dass_distill.training.loop import train
+
+    over = base_overrides(synth_data, tmp_path / "run", **{"optim.max_steps": 2})
+    train(load_config(None, over))
+    with pytest.raises(UserError, match=r"another config \(optim.lr: 0.001 -> 0.002; seed: 0 -> 1\)"):
+        train(load_config(None, over + ["optim.lr=2e-3", "seed=1"]))
+    # how long it runs may change: two more steps continue the same run
+    assert train(load_config(None, over[:-1] + ["optim.max_steps=4", "log_every=2"]))["steps"] == 4

@@ -204,3 +204,45 @@ def _with_base(doc: dict, base: Path) -> dict:
 
 def dump_config(cfg: TrainConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+#: Keys a resumed run may change: how long it runs, how often it reports and saves, and how
+#: many loader processes it uses. Anything else changes the run that the checkpoints belong to.
+RESUME_MAY_CHANGE = ("optim.epochs", "optim.max_steps", "eval_every", "save_every", "log_every",
+                     "keep_checkpoints", "data.num_workers")
+
+
+def _flatten(doc: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in doc.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(saved: dict, cfg: TrainConfig) -> list[tuple[str, object, object]]:
+    """(key, saved value, new value) for every key that differs and may not change on resume."""
+    old, new = _flatten(saved), _flatten(cfg.model_dump(mode="json"))
+    keys = sorted(set(old) | set(new))
+    return [(k, old.get(k), new.get(k)) for k in keys
+            if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE]
+
+
+def check_resume_config(run_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse to continue a run folder's checkpoints under a different config."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise UserError(f"{path} is not valid YAML; restore it or choose another output_dir") from None
+    changes = config_changes(saved, cfg)
+    if changes:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes[:6]) + (" ..." if len(changes) > 6 else "")
+        raise UserError(f"{run_dir} holds checkpoints of a run with another config ({shown}); rerun with the same "
+                        f"config to resume, or choose another output_dir (a resume may change only "
+                        f"{', '.join(RESUME_MAY_CHANGE)})")

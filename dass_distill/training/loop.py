@@ -33,7 +33,7 @@ from dass_distill.evaluation import per_class_records, score_batches
 from dass_distill.losses import DistillationLoss
 from dass_distill.models import build_model
 from dass_distill.training.checkpoint import CHECKPOINTS, ModelInfo, consolidated_state_dict, resolve_checkpoint
-from dass_distill.training.config import TrainConfig, dump_config
+from dass_distill.training.config import TrainConfig, check_resume_config, dump_config
 from dass_distill.training.distributed import init_distributed, rank, world_size
 from dass_distill.training.health import CollapseMonitor, likely_causes
 from dass_distill.training.label_prior import chance_map, label_prior, prior_bce, prior_logits
@@ -159,7 +159,7 @@ def open_teacher_targets(cfg: TrainConfig, manifest: Manifest, label_map: LabelM
                 f"{len(missing)} training clips have no logits in {cfg.distill.cache} ({shown}); run "
                 f"'dass-distill cache-check' or set distill.missing=skip or distill.missing=labels_only"
             )
-        console.print(f"[yellow]{len(missing)} clips lack teacher logits ({shown}): distill.missing={policy}")
+        console.print(f"[yellow]{len(missing)} clips lack teacher logits ({escape(shown)}): distill.missing={policy}")
         if policy == "skip":
             keep = set(manifest.ids) - set(missing)
             manifest = manifest.subset(keep)
@@ -209,6 +209,8 @@ class Trainer:
     # ---------------------------------------------------------------- set-up
     def setup(self) -> None:
         cfg = self.cfg
+        if (self.ckpt_dir / "latest").is_file():  # a resume: the checkpoints must belong to this config
+            check_resume_config(self.out, cfg)
         init_distributed()
         import deepspeed
 
@@ -313,7 +315,7 @@ class Trainer:
         head_bias = self.model.module.get_classifier().bias
         self.fresh_head = not any(p is head_bias and n in fitting for n, p in self.model.module.named_parameters())
         if self.is_main:
-            console.print(f"initialised {len(fitting)}/{len(own)} tensors from {run_dir} ({tag})")
+            console.print(f"initialised {len(fitting)}/{len(own)} tensors from {escape(str(run_dir))} ({tag})")
 
     def _load_released_ast(self, path: Path) -> None:
         """Fine-tune a released AST: every transformer weight, the position table adapted to this
@@ -333,7 +335,7 @@ class Trainer:
         self.fresh_head = done["head"] == "new"
         if self.is_main:
             grid = done["position_grid"]
-            console.print(f"initialised AST from {path}: positions {grid['from'][0]}x{grid['from'][1]} -> "
+            console.print(f"initialised AST from {escape(str(path))}: positions {grid['from'][0]}x{grid['from'][1]} -> "
                           f"{grid['to'][0]}x{grid['to'][1]} patches, {done['head']} head")
 
     def _load_released(self, path: Path) -> None:
@@ -349,7 +351,7 @@ class Trainer:
             init_from_vmamba(self.model.module, path)
             what = "backbone (head re-initialised)"
         if self.is_main:
-            console.print(f"initialised {what} from {path}")
+            console.print(f"initialised {what} from {escape(str(path))}")
 
     # ---------------------------------------------------------------- resume
     def maybe_resume(self) -> bool:
@@ -411,7 +413,7 @@ class Trainer:
                     st.batches_in_epoch += 1
                     st.skipped_clips += len(batch.errors)
                     for clip_id, err in batch.errors:
-                        console.print(f"[yellow]skipped {clip_id}: {err}")
+                        console.print(f"[yellow]skipped {escape(clip_id)}: {escape(str(err))}")
                     if not len(batch):
                         continue
                     losses = self.train_micro_batch(batch)
