@@ -40,11 +40,12 @@ torch.set_num_threads(int(sys.argv[2]))
 mode, path, window, hop, batch = sys.argv[1], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
 from dass_distill.data.audio import read_audio
 from dass_distill.inference import Tagger
-from dass_distill.students import DassFeatureExtractor, create_model
+from dass_distill.frontend import KaldiFbank
+from dass_distill.students import create_model
 from dass_distill.timeline import tag_timeline
 torch.manual_seed(0)
 names = [f"class_{i}" for i in range(527)]
-tagger = Tagger.from_dass(create_model("dass_small", num_classes=527), DassFeatureExtractor(), names, names)
+tagger = Tagger.from_module(create_model("dass_small", num_classes=527), KaldiFbank(), names, names)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 if mode == "stream":

@@ -47,7 +47,8 @@ def main() -> None:
 
     from dass_distill.logit_cache import LogitCacheReader, LogitCacheWriter
     from dass_distill.losses import DistillationLoss
-    from dass_distill.students import DassFeatureExtractor, create_model
+    from dass_distill.frontend import KaldiFbank
+    from dass_distill.students import create_model
     from dass_distill.teachers import ASTTeacher, ast_config
 
     device = torch.device(args.device)
@@ -58,7 +59,7 @@ def main() -> None:
     teacher = ASTTeacher.from_config(ast_config("ast_base", C), name="ast").to(device).eval()
     if args.precision == "fp32":
         teacher.cuda_dtype = None
-    fe = DassFeatureExtractor()
+    fe = KaldiFbank()
     loss_fn = DistillationLoss(0.5, 1.0)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
                 else contextlib.nullcontext())

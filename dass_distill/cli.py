@@ -88,14 +88,9 @@ def synth(
 @app.command()
 def models() -> None:
     """List student and teacher configurations with their parameter counts (527 classes)."""
-    from dass_distill.models import BASELINES, SSLAM_CONFIGS, parameter_count
-    from dass_distill.students import list_models
-    from dass_distill.teachers import AST_CONFIGS
+    from dass_distill.models import family_of, list_models, parameter_count
 
-    rows = [(name, "student (DASS)", parameter_count(name)) for name in list_models()]
-    rows += [(name, "teacher (AST, trainable)", parameter_count(name)) for name in AST_CONFIGS]
-    rows += [(name, "teacher (SSLAM/EAT, trainable)", parameter_count(name)) for name in SSLAM_CONFIGS]
-    rows += [(name, "baseline (plain CNN, for comparisons)", parameter_count(name)) for name in BASELINES]
+    rows = [(name, family_of(name).description, parameter_count(name)) for name in list_models()]
     console.print(reports.models_table(rows))
 
 

@@ -25,8 +25,10 @@ from dass_distill.data.audio import AudioError, read_audio
 from dass_distill.errors import UserError
 from dass_distill.graph_export import GRAPH_FILES, capture, load_graph, save_graph
 from dass_distill.inference import load_tagger
-from dass_distill.students import DassFeatureExtractor, from_pretrained, load_config, save_pretrained
-from dass_distill.teachers import save_ast_folder
+from dass_distill.frontend import KaldiFbank
+from dass_distill.models import ModelFamily
+from dass_distill.registry import family_for_model_type
+from dass_distill.students import load_config, save_pretrained
 from dass_distill.training.checkpoint import load_trained_model
 
 FORMATS = ("hf", *GRAPH_FILES)
@@ -61,6 +63,13 @@ class ExportReport:
         return max((c.max_abs_diff for c in self.checks), default=0.0)
 
 
+def _model_type(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type")
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise UserError(f"{folder / 'config.json'} is not valid JSON ({e}); re-export the model") from None
+
+
 def parse_formats(values: list[str] | None) -> list[str]:
     """``["hf", "onnx,pt2"]`` -> ``["hf", "onnx", "pt2"]`` (``hf`` is always written)."""
     wanted = [v.strip().lower() for item in (values or ["hf"]) for v in item.split(",") if v.strip()]
@@ -85,37 +94,26 @@ def export_run(
     """
     formats = parse_formats(formats)
     source, out = Path(source), Path(out)
-    if (source / "config.json").is_file():
-        module, fe, config = from_pretrained(source)
-        family, tag, provenance = "dass", "exported", config.get("training") or {}
-        label_ids = config.get("label_ids") or [config["id2label"][str(i)] for i in range(module.config.num_classes)]
-        names = [config["id2label"][str(i)] for i in range(module.config.num_classes)]
-        target_length = fe.target_length
+    if (source / "config.json").is_file():  # an exported folder: add graph files, or copy it elsewhere
+        family = family_for_model_type(_model_type(source), source)
+        module, fe, label_ids, names, config = family.load_folder(source)
+        tag, provenance, target_length = "exported", config.get("training") or {}, fe.target_length
     else:
         trained, info, run_dir, tag = load_trained_model(source, tag)
-        if info.family == "cnn":
-            raise UserError(f"{source} trained the {info.name} comparison model, which is not exported; its eval "
-                            f"mAP is in {run_dir / 'summary.json'}")
-        module, family, target_length = trained.module, info.family, info.target_length
+        family, module, fe, target_length = trained.family, trained.module, trained.front_end, info.target_length
         label_ids, names = list(info.label_map.ids), list(info.label_map.names)
-        fe = DassFeatureExtractor(target_length=target_length) if family == "dass" else None
-        provenance = _provenance(run_dir, tag) if family == "dass" else {}
+        provenance = _provenance(run_dir, tag)
     module.eval()
-    if family == "sslam":
-        if set(formats) - {"hf"}:
-            raise UserError("ONNX / pt2 export is for DASS students; SSLAM teachers export as a Hugging Face folder")
-        return _export_sslam(module, out, target_length, atol, tag)
-    if family != "dass" and set(formats) - {"hf"}:
-        raise UserError("ONNX / pt2 export is for DASS students; AST teachers export as a Hugging Face folder only")
+    graph_formats = [f for f in formats if f != "hf"]
+    if graph_formats and not family.graph_export:
+        raise UserError(f"ONNX / pt2 export is not available for {family.name} models ({family.description}); "
+                        f"they export as a Hugging Face folder (--format hf)")
 
-    report = ExportReport(out, family, tag)
+    report = ExportReport(out, family.name, tag)
     same_folder = out.resolve() == source.resolve()
     if not same_folder:
-        if family == "dass":
-            save_pretrained(module, out, fe, label_ids, names,
-                            extra={"dass_distill_version": __version__, "training": provenance})
-        else:
-            save_ast_folder(module, out)
+        family.save_folder(module, out, fe, label_ids, names,
+                           extra={"dass_distill_version": __version__, "training": provenance})
         for fmt, name in GRAPH_FILES.items():  # left by an earlier export: made from other weights
             if fmt not in formats and (out / name).is_file():
                 (out / name).unlink()
@@ -125,20 +123,18 @@ def export_run(
     # The real clip comes from the manifests the provenance records (run or exported folder).
     clip_sources = [Path(m) for m in (provenance.get("eval_manifest"), provenance.get("train_manifest")) if m]
     clip, clip_name = _real_clip(clip_sources, fe)
-    features = fe(clip, pad_to_target=False) if clip is not None else None
+    features = fe.one(clip, pad_to_target=not family.any_length) if clip is not None else None
     if not same_folder:
         log("checking the Hugging Face folder")
         reloaded = load_tagger(out)
         # The reloaded folder's own front end makes its features: preprocessor_config.json is checked too.
         real = (clip_name, features, reloaded.featurize(clip)) if clip is not None else None
-        # AST's positional embedding fixes its input length; DASS students take any length.
-        report.checks += _verify("hf", module, reloaded.module, target_length, real, atol, family == "dass")
+        report.checks += _verify("hf", module, reloaded.module, target_length, real, atol, family.any_length)
         bad = [c for c in report.checks if not c.ok]
         if bad:
             c = bad[0]
             raise UserError(f"export check failed: {out} differs from the checkpoint on {c.input} ({c.frames} "
                             f"frames) by {c.max_abs_diff:.3g} (> {c.atol:g})")
-    graph_formats = [f for f in formats if f != "hf"]
     if graph_formats:
         log(f"capturing the graph (torch.export, dynamic batch and time) for {', '.join(graph_formats)}")
         program = capture(module, target_length, fe.num_mel_bins)
@@ -155,27 +151,8 @@ def export_run(
                             + "; ".join(f"{c.input} ({c.frames} frames) differs by {c.max_abs_diff:.3g} > {atol:g}"
                                         for c in bad))
         report.files[fmt] = path
-    if family == "dass":
-        _record_exports(out, report, atol)
-    return report
-
-
-def _export_sslam(module: nn.Module, out: Path, target_length: int, atol: float, tag: str) -> ExportReport:
-    """A trained SSLAM teacher as its Hugging Face layout (config.json + model.safetensors), which
-    ``cache --teacher sslam:DIR`` loads; checked by loading it back as that teacher."""
-    from dass_distill.teachers import load_teacher
-    from dass_distill.teachers.sslam import save_sslam_safetensors
-
-    for fmt, name in GRAPH_FILES.items():
-        (out / name).unlink(missing_ok=True)
-    save_sslam_safetensors(module, out)
-    report = ExportReport(out, "sslam", tag)
-    reloaded = load_teacher(f"sslam:{out}").model.eval()
-    report.checks += _verify("hf", module, reloaded, target_length, None, atol, any_length=False)
-    bad = [c for c in report.checks if not c.ok]
-    if bad:
-        raise UserError(f"export check failed: {out} differs from the checkpoint by {bad[0].max_abs_diff:.3g}")
-    report.files["hf"] = out
+    if family.save_folder is save_pretrained:  # the toolkit's own folder format keeps a record and a card
+        _record_exports(out, report, atol, family)
     return report
 
 
@@ -197,10 +174,8 @@ def _verify(fmt: str, reference: nn.Module, candidate: Callable[[torch.Tensor], 
     return checks
 
 
-def _real_clip(manifests: list[Path], fe: DassFeatureExtractor | None) -> tuple[torch.Tensor | None, str]:
+def _real_clip(manifests: list[Path], fe: KaldiFbank) -> tuple[torch.Tensor, str]:
     """The first readable clip of the manifests, else a rendered synthetic sound scene."""
-    if fe is None:
-        return None, ""
     from dass_distill.data.manifest import load_manifest
 
     for manifest in manifests:
@@ -219,7 +194,7 @@ def _real_clip(manifests: list[Path], fe: DassFeatureExtractor | None) -> tuple[
     return torch.from_numpy(wave), "synthetic 4 s scene"
 
 
-def _record_exports(folder: Path, report: ExportReport, atol: float) -> None:
+def _record_exports(folder: Path, report: ExportReport, atol: float, family: ModelFamily) -> None:
     """Note each artefact's check in config.json and the model card."""
     config = load_config(folder)
     exports = config.get("exports", {})
@@ -237,7 +212,8 @@ def _record_exports(folder: Path, report: ExportReport, atol: float) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     card = folder / "README.md"
     names = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
-    card.write_text(_model_card((config.get("training") or {}).get("model") or "DASS", names, config.get("training") or {}, exports))
+    card.write_text(_model_card((config.get("training") or {}).get("model") or family.name, family, names,
+                                config.get("training") or {}, exports))
 
 
 def _provenance(run_dir: Path, tag: str) -> dict:
@@ -265,7 +241,7 @@ def _provenance(run_dir: Path, tag: str) -> dict:
     }
 
 
-def _model_card(name: str, labels: list[str], p: dict, exports: dict | None = None) -> str:
+def _model_card(name: str, family: ModelFamily, labels: list[str], p: dict, exports: dict | None = None) -> str:
     kd = f"distilled from `{p.get('teacher') or 'the cached teacher'}` via `{p.get('cache')}` " \
          f"(w={p.get('kd_weight')}, T={p.get('temperature')})" if p.get("cache") else "trained on labels only"
     best = f"{p['best_eval_mAP']:.4f}" if isinstance(p.get("best_eval_mAP"), float) else "n/a"
@@ -296,7 +272,7 @@ tags: [audio-classification, audio-tagging, state-space-model, knowledge-distill
 ---
 # {name} audio tagger
 
-A DASS (VMamba-style 2D selective-scan) student exported by dass-distill {__version__}:
+A {family.name} model ({family.description}) exported by dass-distill {__version__}:
 {kd}.
 
 - classes: {len(labels)} ({", ".join(labels[:8])}{", ..." if len(labels) > 8 else ""})

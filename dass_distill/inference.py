@@ -12,9 +12,10 @@ import torch.nn as nn
 
 from dass_distill.data.audio import read_audio
 from dass_distill.errors import UserError
-from dass_distill.students import (DassFeatureExtractor, ModelFolderError, from_pretrained, load_config,
-                                   load_feature_extractor)
-from dass_distill.teachers import ASTTeacher, CheckpointError
+from dass_distill.frontend import KaldiFbank
+from dass_distill.models import ModelFamily, family_of
+from dass_distill.registry import family_for_model_type
+from dass_distill.students import load_config, load_feature_extractor
 
 
 @dataclass
@@ -30,10 +31,11 @@ class Tagger:
     kind: str
 
     @classmethod
-    def from_dass(cls, module: nn.Module, fe: DassFeatureExtractor, label_ids: list[str],
-                  label_names: list[str]) -> "Tagger":
-        """A Tagger around an in-memory DASS student (no export folder needed)."""
-        return cls(module.eval(), _full_length(fe), fe, fe.sampling_rate, list(label_ids), list(label_names), "dass")
+    def from_module(cls, module: nn.Module, fe: KaldiFbank, label_ids: list[str], label_names: list[str]) -> "Tagger":
+        """A Tagger around an in-memory model of any registered family (no export folder needed)."""
+        family = family_of(module)
+        return cls(module.eval(), _featurize(fe, family), fe, fe.sampling_rate, list(label_ids), list(label_names),
+                   family.name)
 
     @torch.inference_mode()
     def scores(self, wave: torch.Tensor) -> torch.Tensor:
@@ -52,7 +54,7 @@ BACKENDS = ("torch", "onnx", "pt2")
 
 
 def load_tagger(folder: str | Path, backend: str = "torch") -> Tagger:
-    """Load an exported student (``dass``) or AST teacher folder.
+    """Load an exported folder of any registered family (DASS and other students, AST, SSLAM).
 
     ``backend``: ``torch`` runs the safetensors weights; ``onnx`` / ``pt2`` run the
     folder's ``model.onnx`` (ONNX Runtime) or ``model.pt2`` (``torch.export``) with the
@@ -68,31 +70,27 @@ def load_tagger(folder: str | Path, backend: str = "torch") -> Tagger:
         model_type = json.loads(config_path.read_text()).get("model_type")
     except (ValueError, UnicodeDecodeError, AttributeError) as e:
         raise UserError(f"{config_path} is not valid JSON ({e}); re-export the model") from None
-    try:
-        if model_type == "dass":
-            if backend == "torch":
-                model, fe, config = from_pretrained(folder)
-                names = [config["id2label"][str(i)] for i in range(model.config.num_classes)]
-                return Tagger.from_dass(model, fe, config.get("label_ids", names), names)
-            from dass_distill.graph_export import load_graph
+    family = family_for_model_type(model_type, folder)
+    if backend == "torch":
+        module, fe, label_ids, names, _ = family.load_folder(folder)
+        return Tagger(module.eval(), _featurize(fe, family), fe, fe.sampling_rate, list(label_ids), list(names),
+                      family.name)
+    if not family.graph_export:
+        raise UserError(f"{folder} holds a {family.name} model ({family.description}), which has no {backend} "
+                        f"files; use the torch backend")
+    from dass_distill.graph_export import load_graph
 
-            # A graph file needs only the configs beside it, not the safetensors weights.
-            config, fe = load_config(folder), load_feature_extractor(folder)
-            names = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
-            return Tagger(load_graph(folder, backend, len(names)), _full_length(fe), fe, fe.sampling_rate,
-                          list(config.get("label_ids", names)), names, f"dass-{backend}")
-        if model_type == "audio-spectrogram-transformer":
-            if backend != "torch":
-                raise UserError(f"{folder} is an AST teacher folder; only DASS students have {backend} files")
-            teacher = ASTTeacher.from_folder(folder)
-            fe = teacher.front_end.one
-            return Tagger(teacher.model, fe, fe, teacher.sample_rate, teacher.label_ids,
-                          teacher.label_names, "ast")
-    except (ModelFolderError, CheckpointError) as e:
-        raise UserError(str(e)) from None
-    raise UserError(f"{folder}: unsupported model_type '{model_type}' (expected dass or audio-spectrogram-transformer)")
+    # A graph file needs only the configs beside it, not the safetensors weights.
+    config, fe = load_config(folder), load_feature_extractor(folder)
+    names = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    return Tagger(load_graph(folder, backend, len(names)), _featurize(fe, family), fe, fe.sampling_rate,
+                  list(config.get("label_ids", names)), names, f"{family.name}-{backend}")
 
 
-def _full_length(fe: DassFeatureExtractor) -> Callable[[torch.Tensor], torch.Tensor]:
-    # The student has no positional embedding: keep every frame of long clips.
-    return lambda wave: fe(wave, pad_to_target=False)
+def _featurize(fe: KaldiFbank, family: ModelFamily) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Models without a fixed position table see every frame of a long clip; the others their window."""
+    return _full_length(fe) if family.any_length else fe.one
+
+
+def _full_length(fe: KaldiFbank) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda wave: fe.one(wave, pad_to_target=False)

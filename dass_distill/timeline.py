@@ -39,6 +39,7 @@ import torch
 
 from dass_distill.data.audio import AudioError, resample
 from dass_distill.errors import UserError
+from dass_distill.frontend import window_starts
 
 if TYPE_CHECKING:
     from dass_distill.inference import Tagger
@@ -47,14 +48,6 @@ DEFAULT_WINDOW_S = 10.0
 DEFAULT_HOP_S = 5.0
 #: audio read beyond each window edge when resampling (the sinc kernel needs < 1 ms)
 RESAMPLE_MARGIN_S = 0.05
-
-
-def window_starts(num_samples: int, window: int, hop: int) -> list[int]:
-    """Window start offsets: every ``hop`` samples, the last window ending at ``num_samples``."""
-    if num_samples <= window:
-        return [0]
-    n = math.ceil((num_samples - window) / hop) + 1
-    return [min(i * hop, num_samples - window) for i in range(n)]
 
 
 def _check_lengths(window_s: float, hop_s: float) -> None:

@@ -25,6 +25,10 @@ class CNNConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "CNNConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
 
 class CNNBaseline(nn.Module):
     """(B, T, F) filterbank -> (B, num_classes) logits."""

@@ -1,5 +1,5 @@
-"""Hugging Face-style model folders for students: config.json + model.safetensors +
-preprocessor_config.json, loaded back with :func:`from_pretrained`."""
+"""Hugging Face-style model folders for every student family: config.json (``model_type``,
+the family's config, labels) + model.safetensors + preprocessor_config.json."""
 
 from __future__ import annotations
 
@@ -7,16 +7,15 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from dass_distill.errors import UserError
-
-from .dass import DASS, DassConfig
-from .feature_extraction import DassFeatureExtractor
+from dass_distill.frontend import PREPROCESSOR_CONFIG, KaldiFbank
+from dass_distill.registry import family_for_model_type, family_of
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-MODEL_TYPE = "dass"
 # Version of the folder layout (config.json keys, weight names). Bumped when a change
 # would make an older reader misread a folder; readers refuse newer versions.
 FORMAT_VERSION = 1
@@ -24,25 +23,26 @@ FORMAT_KEY = "dass_distill_format"
 
 
 class ModelFolderError(UserError):
-    """A folder that is not a loadable student export."""
+    """A folder that is not a loadable model export."""
 
 
 def save_pretrained(
-    model: DASS,
+    model: nn.Module,
     folder: str | Path,
-    feature_extractor: DassFeatureExtractor,
+    feature_extractor: KaldiFbank,
     label_ids: list[str],
     label_names: list[str],
     extra: dict | None = None,
 ) -> Path:
-    """Write ``config.json`` (architecture and labels), weights and the preprocessor config."""
+    """Write ``config.json`` (family, architecture and labels), weights and the preprocessor config."""
+    family = family_of(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if len(label_names) != model.config.num_classes:
         raise ValueError(f"{len(label_names)} labels for a model with {model.config.num_classes} outputs")
     config = {
-        "model_type": MODEL_TYPE,
-        "architectures": ["DASS"],
+        "model_type": family.model_type,
+        "architectures": [type(model).__name__],
         FORMAT_KEY: FORMAT_VERSION,
         **model.config.to_dict(),
         "id2label": {str(i): n for i, n in enumerate(label_names)},
@@ -58,7 +58,7 @@ def save_pretrained(
 
 
 def load_config(folder: str | Path) -> dict:
-    """config.json of an exported DASS folder, checked for model type and format version."""
+    """config.json of an exported student folder, checked for model type and format version."""
     folder = Path(folder)
     path = folder / CONFIG_NAME
     if not path.is_file():
@@ -69,8 +69,12 @@ def load_config(folder: str | Path) -> dict:
         raise ModelFolderError(f"{path} is not valid JSON ({e}); re-export the model") from None
     if not isinstance(config, dict):
         raise ModelFolderError(f"{path} is not a model config (expected a JSON object); re-export the model")
-    if config.get("model_type") != MODEL_TYPE:
-        raise ModelFolderError(f"{folder} holds a '{config.get('model_type')}' model, not a DASS student")
+    try:
+        family = family_for_model_type(config.get("model_type"), folder)
+    except UserError as e:
+        raise ModelFolderError(str(e)) from None
+    if family.save_folder is not save_pretrained:
+        raise ModelFolderError(f"{folder} holds a '{family.model_type}' model, not a student folder")
     version = config.get(FORMAT_KEY, 1)  # folders written before the key existed are version 1
     if not isinstance(version, int) or version > FORMAT_VERSION:
         made_by = config.get("dass_distill_version", "a newer version")
@@ -79,11 +83,12 @@ def load_config(folder: str | Path) -> dict:
     return config
 
 
-def from_pretrained(folder: str | Path, map_location: str | torch.device = "cpu") -> tuple[DASS, DassFeatureExtractor, dict]:
+def from_pretrained(folder: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, KaldiFbank, dict]:
     """Load (model in eval mode, feature extractor, config dict) from an exported folder."""
     folder = Path(folder)
     config = load_config(folder)
-    model = DASS(DassConfig.from_dict(config))
+    family = family_for_model_type(config["model_type"], folder)
+    model = family.model_class(family.config_class.from_dict(config))
     if not (folder / WEIGHTS_NAME).is_file():
         raise ModelFolderError(f"{folder} has no {WEIGHTS_NAME}")
     try:
@@ -101,15 +106,20 @@ def from_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
     return model.eval(), load_feature_extractor(folder), config
 
 
-def load_feature_extractor(folder: str | Path) -> DassFeatureExtractor:
-    """The front end of an exported folder (``preprocessor_config.json``)."""
-    from .feature_extraction import PREPROCESSOR_CONFIG
+def load_folder(folder: str | Path) -> tuple[nn.Module, KaldiFbank, list[str], list[str], dict]:
+    """(model, front end, label ids, label names, config) of an exported student folder."""
+    model, fe, config = from_pretrained(folder)
+    names = [config["id2label"][str(i)] for i in range(model.config.num_classes)]
+    return model, fe, list(config.get("label_ids", names)), names, config
 
+
+def load_feature_extractor(folder: str | Path) -> KaldiFbank:
+    """The front end of an exported folder (``preprocessor_config.json``)."""
     folder = Path(folder)
     if not (folder / PREPROCESSOR_CONFIG).is_file():
         raise ModelFolderError(f"{folder} has no {PREPROCESSOR_CONFIG} (the front end's settings); re-export the model")
     try:
-        return DassFeatureExtractor.from_pretrained(folder)
+        return KaldiFbank.from_pretrained(folder)
     except (ValueError, TypeError) as e:
         raise ModelFolderError(f"{folder / PREPROCESSOR_CONFIG} is not a valid front-end config ({e}); "
                                f"re-export the model") from None

@@ -1,9 +1,11 @@
 """Teacher models, their front ends, checkpoint loaders and ensembles."""
 
 from .ast import AST_CONFIGS, ASTClassifier, ASTTeacher, ast_config, save_ast_folder
-from .base import CheckpointError, ClipPolicy, SpecMask, Teacher, apply_masks
+from dass_distill.checkpoint_files import CheckpointError
+from dass_distill.frontend import KaldiFbank
+
+from .base import ClipPolicy, SpecMask, Teacher, apply_masks
 from .ensemble import COMBINE_MODES, Ensemble, combine_logits
-from .frontends import KaldiFbank
 from .registry import load_teacher, teacher_kinds
 
 __all__ = [

@@ -22,11 +22,10 @@ import torch
 import torch.nn as nn
 from transformers import ASTConfig, ASTForAudioClassification
 
-from .base import (
-    CheckpointError, SpecMask, Teacher, load_strict, read_checkpoint, sha256_of, strip_prefix, tensors_of,
-    wrong_kind_hint,
-)
-from .frontends import KaldiFbank
+from dass_distill.checkpoint_files import CheckpointError, load_strict, read_checkpoint, state_dict_in, strip_prefix
+from dass_distill.frontend import KaldiFbank
+
+from .base import SpecMask, Teacher, sha256_of, wrong_kind_hint
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -62,17 +61,18 @@ class ASTClassifier(nn.Module):
         return self.ast(input_values=fbank).logits
 
 
-def ast_config(name: str, num_classes: int, target_length: int = 1024, label_ids: list[str] | None = None,
+def ast_config(size: str | dict, num_classes: int, target_length: int = 1024, label_ids: list[str] | None = None,
                label_names: list[str] | None = None, **overrides) -> ASTConfig:
-    """An ``ASTConfig`` for a named size (``ast_tiny``, ``ast_small``, ``ast_base``)."""
-    if name not in AST_CONFIGS:
-        raise KeyError(f"unknown AST size '{name}'; known: {', '.join(AST_CONFIGS)}")
+    """An ``ASTConfig`` for a named size (``ast_tiny``, ``ast_small``, ``ast_base``) or a dict of
+    ``ASTConfig`` sizes, with ``overrides`` on top."""
+    if isinstance(size, str) and size not in AST_CONFIGS:
+        raise KeyError(f"unknown AST size '{size}'; known: {', '.join(AST_CONFIGS)}")
+    base = AST_CONFIGS[size] if isinstance(size, str) else size
     names = label_names or [f"class_{i}" for i in range(num_classes)]
-    kwargs = {**AST_CONFIGS[name], **overrides}
+    # layer_norm_eps: the original AST (timm DeiT) value; transformers defaults to 1e-12
+    kwargs = {"num_mel_bins": 128, "layer_norm_eps": 1e-6, **base, **overrides}
     return ASTConfig(
         max_length=target_length,
-        num_mel_bins=128,
-        layer_norm_eps=1e-6,  # the original AST (timm DeiT) value; transformers defaults to 1e-12
         id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)},
         label_ids=list(label_ids or names),
@@ -89,7 +89,7 @@ def preprocessor_config(front_end: KaldiFbank) -> dict:
     return {
         "feature_extractor_type": "ASTFeatureExtractor",
         "feature_size": 1,
-        "sampling_rate": front_end.sample_rate,
+        "sampling_rate": front_end.sampling_rate,
         "num_mel_bins": front_end.num_mel_bins,
         "max_length": front_end.target_length,
         "do_normalize": True,
@@ -121,7 +121,7 @@ class ASTTeacher(Teacher):
         cfg = model.config
         names = [cfg.id2label[i] for i in range(cfg.num_labels)]
         ids = list(getattr(cfg, "label_ids", None) or names)
-        super().__init__(name, front_end.sample_rate, cfg.num_labels, ids if labelled else None,
+        super().__init__(name, front_end.sampling_rate, cfg.num_labels, ids if labelled else None,
                          names if labelled else None)
         self.model = model.eval()
         self.front_end = front_end
@@ -159,7 +159,7 @@ class ASTTeacher(Teacher):
         if prep.is_file():
             p = json.loads(prep.read_text())
             front_end = KaldiFbank(
-                sample_rate=p.get("sampling_rate", 16000),
+                sampling_rate=p.get("sampling_rate", 16000),
                 num_mel_bins=p.get("num_mel_bins", config.num_mel_bins),
                 target_length=p.get("max_length", config.max_length),
                 mean=p.get("mean", front_end.mean),
@@ -175,7 +175,7 @@ class ASTTeacher(Teacher):
                  allow_pickle: bool = False) -> "ASTTeacher":
         """Load an original AST release (``audioset_10_10_0.4593.pth`` and the like)."""
         path = Path(path)
-        sd = tensors_of(read_checkpoint(path, "ast", allow_pickle), "ast", path, containers=("state_dict", "model"))
+        sd = state_dict_in(read_checkpoint(path, "ast teacher", allow_pickle), "ast teacher", path)
         sd = strip_prefix(sd, ("module.",))
         if "v.pos_embed" not in sd or "mlp_head.1.weight" not in sd:
             raise CheckpointError(f"ast teacher: {path} is not an original AST checkpoint (no 'module.v.pos_embed' "
@@ -184,7 +184,8 @@ class ASTTeacher(Teacher):
         model = ASTClassifier.from_config(config)
         # timm's DeiT blocks use eps 1e-6, but AST's own mlp_head LayerNorm keeps torch's 1e-5
         model.ast.classifier.layernorm.eps = 1e-5
-        load_strict(model.ast, convert_original_ast(sd, model, path), "ast", path)
+        converted = convert_original_ast(sd, model, path)
+        load_strict(model.ast, converted, "ast teacher", path, hint=wrong_kind_hint(list(converted), "ast"))
         teacher = cls(model, front_end_for(config), name, labelled=False)
         teacher.checkpoint = str(path.resolve())
         teacher.checkpoint_sha256 = sha256_of([path])

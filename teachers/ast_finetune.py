@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from transformers import ASTConfig
 
+from dass_distill.checkpoint_files import CheckpointError
+
 from .ast import ASTClassifier
-from .base import CheckpointError
+
 
 _POS = "ast.audio_spectrogram_transformer.embeddings.position_embeddings"
 _ARCH = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size")

@@ -15,20 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn as nn
 
-from dass_distill.errors import UserError
-
-
-class CheckpointError(UserError):
-    """A teacher checkpoint that cannot be loaded; the message names teacher, file and key."""
+from dass_distill.frontend import window_starts
 
 
 @dataclass(frozen=True)
@@ -56,11 +51,9 @@ class ClipPolicy:
 
     def starts(self, num_samples: int, window: int, sample_rate: int) -> list[int]:
         """Window start offsets (in samples) for a clip of ``num_samples``."""
-        if num_samples <= window or self.long == "truncate":
+        if self.long == "truncate":
             return [0]
-        hop = max(1, round(self.hop_seconds * sample_rate))
-        n = math.ceil((num_samples - window) / hop) + 1
-        return [min(i * hop, num_samples - window) for i in range(n)]
+        return window_starts(num_samples, window, max(1, round(self.hop_seconds * sample_rate)))
 
 
 @dataclass(frozen=True)
@@ -281,74 +274,3 @@ def wrong_kind_hint(keys: Sequence[str], expected: str) -> str:
     if kind and kind != expected:
         return f"; it looks like a {kind} checkpoint (load it as {kind}:PATH)"
     return f"; first keys: {', '.join(list(keys)[:3])}"
-
-
-def read_checkpoint(path: str | Path, teacher: str, allow_pickle: bool = False) -> object:
-    """Load an untrusted checkpoint file: safetensors, or ``torch.load(weights_only=True)``.
-
-    Files that need arbitrary unpickling (e.g. configs stored as Python objects) are
-    refused unless ``allow_pickle`` is set: the message names the option.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{teacher} teacher: checkpoint {path} not found")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{teacher} teacher: {path} is not a readable safetensors file ({e})") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as e:  # truncated zips, foreign pickles and plain garbage raise many types
-        text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if not allow_pickle and "weights_only" in str(e):
-            raise CheckpointError(
-                f"{teacher} teacher: {path} stores Python objects besides tensors and cannot be loaded safely; "
-                f"if you trust the file, set 'allow_pickle: true' in the teacher's YAML file"
-            ) from None
-        raise CheckpointError(f"{teacher} teacher: cannot read {path}: truncated or not a checkpoint ({text})") from None
-
-
-def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], teacher: str, path: str | Path) -> None:
-    """``load_state_dict(strict=True)`` with a one-line error naming the first offending key."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    if missing:
-        raise CheckpointError(f"{teacher} teacher: {path} lacks weight '{missing[0]}' ({len(missing)} missing)"
-                              + wrong_kind_hint(list(state_dict), teacher))
-    if unexpected:
-        raise CheckpointError(f"{teacher} teacher: {path} has unexpected weight '{unexpected[0]}' "
-                              f"({len(unexpected)} unexpected)")
-    for k, v in own.items():
-        if tuple(state_dict[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{teacher} teacher: {path} weight '{k}' has shape {tuple(state_dict[k].shape)}, "
-                                  f"the model needs {tuple(v.shape)}")
-    module.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state_dict.items()})
-
-
-def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefixes: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Drop the first matching prefix from every key (``module.``, ``sed_model.``, ...)."""
-    out = {}
-    for k, v in state_dict.items():
-        for p in prefixes:
-            if k.startswith(p):
-                k = k[len(p):]
-                break
-        out[k] = v
-    return out
-
-
-def tensors_of(obj: object, teacher: str, path: str | Path, containers: Sequence[str] = ("state_dict", "model")) -> dict:
-    """The state dict inside a checkpoint object (unwrapping the first container key present)."""
-    for key in containers:
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{teacher} teacher: {path} holds no state dict of tensors "
-                              f"(looked under {', '.join(repr(c) for c in containers)})")
-    return obj

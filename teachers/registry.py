@@ -27,8 +27,10 @@ from typing import Any, Callable
 
 import yaml
 
+from dass_distill.checkpoint_files import CheckpointError
+
 from .ast import ASTTeacher
-from .base import CheckpointError, ClipPolicy, Teacher
+from .base import ClipPolicy, Teacher
 from .ensemble import Ensemble
 
 

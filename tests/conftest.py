@@ -25,10 +25,11 @@ def student_dir(tmp_path_factory):
     import torch
 
     from dass_distill.data.synth import synth_label_map
-    from dass_distill.students import DassFeatureExtractor, create_model, save_pretrained
+    from dass_distill.frontend import KaldiFbank
+    from dass_distill.students import create_model, save_pretrained
 
     lm = synth_label_map()
     torch.manual_seed(0)
     model = create_model("dass_tiny", num_classes=len(lm)).eval()
     folder = tmp_path_factory.mktemp("student")
-    return save_pretrained(model, folder, DassFeatureExtractor(target_length=150), list(lm.ids), list(lm.names))
+    return save_pretrained(model, folder, KaldiFbank(target_length=150), list(lm.ids), list(lm.names))

@@ -41,7 +41,7 @@ def test_resize_positions_matches_the_original(f_dim, t_dim):
 def _finetune(tmp_path, synth_data, pretrained, run="run", **extra):
     from dass_distill.training.checkpoint import load_trained_model
     from dass_distill.training.loop import train
-    from test_training import base_overrides
+    from helpers import base_overrides
 
     over = base_overrides(synth_data, tmp_path / run, model="ast_tiny", **{
         **SMALL_AST, "model_args.frequency_stride": 10, "model_args.time_stride": 10, "pretrained": pretrained,
@@ -92,7 +92,7 @@ def test_train_ast_from_transformers_folder_keeps_the_head_of_the_same_labels(tm
 def test_pretrained_ast_of_another_size_is_one_line(tmp_path, synth_data):
     from dass_distill.teachers import CheckpointError
     from dass_distill.training.loop import train
-    from test_training import base_overrides
+    from helpers import base_overrides
 
     torch.save(original_ast_state_dict(dim=64, depth=1, classes=527, seed=6), tmp_path / "ast.pth")
     over = base_overrides(synth_data, tmp_path / "run", model="ast_tiny",

@@ -14,7 +14,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["bench_recipes.py", "bench_kd.py"])
 def test_benchmark_runs(tmp_path, script):
-    from test_cli import clean_env
+    from helpers import clean_env
 
     proc = subprocess.run([sys.executable, str(BENCH / script), "--seeds", "0", "--max-steps", "1",
                            "--work", str(tmp_path)], capture_output=True, text=True, timeout=900,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from teacher_checkpoints import original_ast_state_dict, write_original_teachers
-from test_cli import cli
+from helpers import cli
 
 
 @pytest.fixture(scope="module")

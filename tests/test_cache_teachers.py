@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from teacher_checkpoints import write_original_teachers
-from test_cli import cli
+from helpers import cli
 
 from dass_distill.data.audio import read_audio
 from dass_distill.data.manifest import load_manifest

@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from teacher_checkpoints import write_original_teachers
-from test_cli import clean_env
+from helpers import clean_env
 
 from dass_distill.caching import build_cache
 from dass_distill.data.dataset import ClipDataset, TeacherTargets
 from dass_distill.data.manifest import load_manifest
 from dass_distill.data.views import ViewSpec, draw_views, render_view
 from dass_distill.logit_cache import LogitCacheReader
-from dass_distill.students import DassFeatureExtractor
+from dass_distill.frontend import KaldiFbank
 from dass_distill.teachers import load_teacher
 
 VIEWS = ViewSpec(count=3, seed=5, mixup=0.7, max_shift_frames=40, max_gain_db=6.0, freq_mask=30, time_mask=60)
@@ -104,7 +104,7 @@ def test_cached_views_replay_bit_exact(tmp_path, synth_data, ckpts):
     assert reader.views == 3 and reader.augmented and ViewSpec.from_dict(reader.augment) == VIEWS
     params = reader.view_params(manifest.ids, np.zeros(len(manifest), int))
     assert (params["partner"] >= 0).any() and (params["shift"] != 0).any() and (params["freq_width"] > 0).any()
-    fe = DassFeatureExtractor(target_length=VIEWS.target_frames)
+    fe = KaldiFbank(target_length=VIEWS.target_frames)
     ds = ClipDataset(manifest, fe, 16000, TeacherTargets(reader, "ast"), views=VIEWS)
     pairs = [(i, v) for i in range(len(manifest)) for v in range(VIEWS.count)]
     items = ds.__getitems__(pairs)
@@ -213,7 +213,7 @@ def test_verify_replays_views_and_catches_a_tampered_top_k_value(tmp_path, synth
 
 @pytest.mark.slow
 def test_training_replays_cached_views(tmp_path, synth_data, ckpts):
-    from test_cli import cli
+    from helpers import cli
 
     train = synth_data["train_manifest"]
     out = tmp_path / "v.h5"

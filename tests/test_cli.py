@@ -2,29 +2,10 @@
 student -> export -> predict / evaluate, plus the one-line errors a user sees."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-
-DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def clean_env() -> dict:
-    """This process's environment without the rendezvous variables an in-process training run set
-    (a child would otherwise join that process group's port)."""
-    return {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-
-
-def cli(*args, cwd=None, check=True):
-    env = {**clean_env(), "DS_ACCELERATOR": "cpu", "DASS_DISTILL_NO_PROGRESS": "1", "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "dass_distill.cli", *map(str, args)], capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"dass-distill {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
+from helpers import cli
 
 
 TRAIN = ["data.target_length=150", "data.num_workers=0", "optim.batch_size=4", "optim.warmup_steps=1",
@@ -109,10 +90,11 @@ def test_user_errors_print_plain_text_and_bugs_keep_their_traceback(capsys):
     from dass_distill.cli import user_errors
     from dass_distill.errors import UserError
     from dass_distill.logit_cache import CacheFormatError
-    from dass_distill.students import ModelFolderError, WeightsError
+    from dass_distill.data.audio import AudioError
+    from dass_distill.students import ModelFolderError
     from dass_distill.teachers import CheckpointError
 
-    for error in (CheckpointError, ModelFolderError, WeightsError, CacheFormatError):
+    for error in (CheckpointError, ModelFolderError, CacheFormatError, AudioError):
         assert issubclass(error, UserError)  # one base: the CLI catches only it
 
     @user_errors

@@ -8,7 +8,7 @@ from dass_distill.data.augment import SpecAugment
 from dass_distill.data.dataset import ClipDataset, TeacherTargets, collate
 from dass_distill.data.manifest import load_manifest
 from dass_distill.logit_cache import LogitCacheReader, LogitCacheWriter
-from dass_distill.students import DassFeatureExtractor
+from dass_distill.frontend import KaldiFbank
 
 
 def test_batches_carry_cached_logits_through_workers(tmp_path, synth_data):
@@ -21,7 +21,7 @@ def test_batches_carry_cached_logits_through_workers(tmp_path, synth_data):
         w.write("t", manifest.ids, logits)
     expected = dict(zip(manifest.ids, logits.astype(np.float16).astype(np.float32)))
     labels_only = {manifest.ids[3]}
-    ds = ClipDataset(manifest, DassFeatureExtractor(target_length=120), 16000,
+    ds = ClipDataset(manifest, KaldiFbank(target_length=120), 16000,
                      TeacherTargets(LogitCacheReader(tmp_path / "c.h5"), "t"), labels_only_ids=labels_only)
     loader = DataLoader(ds, batch_size=5, num_workers=2, collate_fn=collate, shuffle=True,
                         generator=torch.Generator().manual_seed(0))
@@ -48,7 +48,7 @@ def test_unreadable_clip_is_reported_not_fatal(tmp_path, synth_data):
     path = tmp_path / "m.json"
     path.write_text(json.dumps(doc))
     m = load_manifest(path, manifest.label_map)
-    batch = collate(ClipDataset(m, DassFeatureExtractor(target_length=50), 16000).__getitems__([0, 1, 2, 3]))
+    batch = collate(ClipDataset(m, KaldiFbank(target_length=50), 16000).__getitems__([0, 1, 2, 3]))
     assert len(batch) == 3 and batch.errors[0][0] == "bad" and "unreadable audio" in batch.errors[0][1]
 
 

@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from dass_distill.errors import UserError
-from test_cli import cli
+from helpers import cli
 
 SR = 16000
 

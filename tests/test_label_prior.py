@@ -93,7 +93,7 @@ def test_train_starts_the_head_at_the_prior_and_reports_health(tmp_path, synth_d
     from dass_distill.training.checkpoint import load_trained_model
     from dass_distill.training.config import load_config
     from dass_distill.training.loop import train
-    from test_training import base_overrides
+    from helpers import base_overrides
 
     over = base_overrides(synth_data, tmp_path / "run", **{"optim.max_steps": 1, "optim.lr": 1e-12,
                                                            "optim.warmup_steps": 0})
@@ -119,7 +119,7 @@ def test_a_run_that_learns_nothing_is_called_collapsed(tmp_path, synth_data, cap
 
     from dass_distill.training.config import load_config
     from dass_distill.training.loop import train
-    from test_training import base_overrides
+    from helpers import base_overrides
 
     over = base_overrides(synth_data, tmp_path / "run", **{"optim.epochs": 4, "optim.lr": 1e-9,
                                                            "optim.warmup_steps": 0, "augment.time_mask": 0,

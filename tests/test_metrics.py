@@ -15,7 +15,7 @@ import pytest
 from dass_distill.evaluation import best_and_worst, per_class_csv, per_class_records
 from dass_distill.metrics import average_precision, d_prime, roc_auc, tagging_metrics
 
-from test_cli import cli
+from helpers import cli
 
 
 def _edge_data():

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from dass_distill.students import DASS, DassConfig, WeightsError, create_model, init_from_vmamba, load_dass_weights
+from dass_distill.checkpoint_files import CheckpointError
+from dass_distill.students import DASS, DassConfig, create_model, init_from_vmamba, load_dass_weights, load_weights
 
 # Key names of VMamba's channel-first "v05_noz" model (the DASS backbone), one of each kind.
 VMAMBA_KEYS = [
@@ -53,17 +54,38 @@ def test_released_dass_small_layouts(tmp_path, small_state, layout):
 def test_released_weights_errors_name_the_key(tmp_path, small_state):
     ckpt = {f"module.v.{k}": v for k, v in small_state.items()}
     torch.save(ckpt, tmp_path / "small.pth")
-    with pytest.raises(WeightsError, match=r"unexpected key 'layers\.2\.blocks\.7\."):
-        load_dass_weights(DASS(DassConfig(depths=[2, 2, 7, 2])), tmp_path / "small.pth")
-    with pytest.raises(WeightsError, match="shape of 'classifier.head.bias' is \\(527,\\), the model expects \\(10,\\)"):
-        load_dass_weights(create_model("dass_small", num_classes=10), tmp_path / "small.pth")
+    with pytest.raises(CheckpointError, match=r"^dass student: .*small.pth has unexpected weight 'layers\.2\.blocks\.7\."):
+        load_weights(DASS(DassConfig(depths=[2, 2, 7, 2])), tmp_path / "small.pth")
+    with pytest.raises(CheckpointError, match=r"weight 'classifier.head.weight' has shape \(527, 768\), the model "
+                                              r"needs \(10, 768\)"):
+        load_weights(create_model("dass_small", num_classes=10), tmp_path / "small.pth")
     partial = dict(list(ckpt.items())[:-5])
     torch.save(partial, tmp_path / "partial.pth")
-    with pytest.raises(WeightsError, match="missing key"):
-        load_dass_weights(create_model("dass_small"), tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match=r"partial.pth lacks weight '.*' \(5 missing\)"):
+        load_weights(create_model("dass_small"), tmp_path / "partial.pth")
     (tmp_path / "trunc.pth").write_bytes((tmp_path / "small.pth").read_bytes()[:4096])
-    with pytest.raises(WeightsError, match="cannot read"):
-        load_dass_weights(create_model("dass_small"), tmp_path / "trunc.pth")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_weights(create_model("dass_small"), tmp_path / "trunc.pth")
+
+
+class Note:  # any Python object next to the tensors makes a file unsafe to unpickle
+    pass
+
+
+def test_students_and_teachers_share_the_checkpoint_reader(tmp_path, small_state):
+    """Pickled files need the same opt-in, and missing keys read the same, for a student and a teacher."""
+    from dass_distill.teachers import load_teacher
+    from teacher_checkpoints import original_ast_state_dict
+
+    ckpt = {"model": {f"module.v.{k}": v for k, v in small_state.items()}, "note": Note()}
+    torch.save(ckpt, tmp_path / "pickled.pth")
+    with pytest.raises(CheckpointError, match=r"^dass student: .*stores Python objects.*opt in \(allow_pickle"):
+        load_weights(create_model("dass_small"), tmp_path / "pickled.pth")
+    load_weights(create_model("dass_small"), tmp_path / "pickled.pth", allow_pickle=True)  # opted in: loads
+    ast = original_ast_state_dict(dim=64, depth=1, classes=5)
+    torch.save({**ast, "note": Note()}, tmp_path / "ast_pickled.pth")
+    with pytest.raises(CheckpointError, match=r"^ast teacher: .*stores Python objects.*opt in \(allow_pickle"):
+        load_teacher(f"ast:{tmp_path / 'ast_pickled.pth'}")
 
 
 def test_vmamba_imagenet_init_sums_rgb_stem(tmp_path, small_state):

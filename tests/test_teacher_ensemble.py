@@ -14,7 +14,7 @@ from dass_distill.errors import UserError
 from dass_distill.logit_cache import LogitCacheReader
 from dass_distill.teachers import CheckpointError, Ensemble, combine_logits, load_teacher
 from dass_distill.training.config import load_config
-from dass_distill.training.loop import open_teacher_targets, teacher_summary
+from dass_distill.training.teacher_targets import open_teacher_targets, teacher_summary
 
 
 def test_combine_formulas_by_hand():

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dass_distill.teachers.base import CheckpointError, ClipPolicy
+from dass_distill.teachers import CheckpointError, ClipPolicy
 from dass_distill.teachers.htsat import (FRONT_END_MATRICES, HTSATConfig, HTSATModel, HTSATTeacher, mel_matrix,
                                          save_htsat_checkpoint, stft_matrices)
 

@@ -19,7 +19,8 @@ import torch
 
 from dass_distill.data.audio import read_audio
 from dass_distill.errors import UserError
-from dass_distill.timeline import RESAMPLE_MARGIN_S, WindowReader, tag_timeline, window_starts
+from dass_distill.frontend import window_starts
+from dass_distill.timeline import RESAMPLE_MARGIN_S, WindowReader, tag_timeline
 
 SR = 16000
 LABELS = [f"/m/test{i}" for i in range(12)]
@@ -29,11 +30,12 @@ NAMES = [f"class {i}" for i in range(12)]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """An exported random-weight dass_tiny folder (what ``load_tagger`` and ``predict`` read)."""
-    from dass_distill.students import DassFeatureExtractor, create_model, save_pretrained
+    from dass_distill.frontend import KaldiFbank
+    from dass_distill.students import create_model, save_pretrained
 
     torch.manual_seed(0)
     model = create_model("dass_tiny", num_classes=len(LABELS)).eval()
-    return save_pretrained(model, tmp_path_factory.mktemp("model"), DassFeatureExtractor(), LABELS, NAMES)
+    return save_pretrained(model, tmp_path_factory.mktemp("model"), KaldiFbank(), LABELS, NAMES)
 
 
 @pytest.fixture(scope="module")
@@ -164,10 +166,10 @@ def _scene(rng, seconds: float, events: list[tuple[str, float]]) -> np.ndarray:
 def trained_tagger():
     """The band-pool detector trained on 2 s clips holding one event of 3 classes, or none."""
     from dass_distill.inference import Tagger
-    from dass_distill.students import DassFeatureExtractor
+    from dass_distill.frontend import KaldiFbank
 
     rng = np.random.default_rng(0)
-    fe = DassFeatureExtractor(target_length=200)
+    fe = KaldiFbank(target_length=200)
     feats, targets = [], []
     for i in range(120):
         mid = (EVENT_CLASSES + [None])[i % 4]
@@ -247,7 +249,7 @@ def test_bad_audio_is_a_user_error_naming_the_file(tmp_path, tagger):
 
 # --------------------------------------------------------------------------- CLI
 def test_predict_writes_json_and_csv_timelines(tmp_path, model_dir):
-    from test_cli import cli
+    from helpers import cli
 
     long, short = _write(tmp_path / "long.wav", 23.0), _write(tmp_path / "short.wav", 2.0, seed=1)
     broken = tmp_path / "broken.wav"

@@ -12,26 +12,7 @@ from dass_distill.errors import UserError
 from dass_distill.training.config import load_config
 from dass_distill.training.schedule import lr_factor
 from dass_distill.training.sampler import ResumableSampler
-
-
-def base_overrides(synth_data, out: Path, **extra) -> list[str]:
-    items = {
-        "model": "dass_tiny",
-        "data.train": synth_data["train_manifest"],
-        "data.eval": synth_data["eval_manifest"],
-        "data.target_length": 150,
-        "data.num_workers": 0,
-        "data.memoize_features": True,
-        "optim.batch_size": 4,
-        "optim.lr": 1e-3,
-        "optim.warmup_steps": 2,
-        "optim.epochs": 1,
-        "augment.time_mask": 20,
-        "output_dir": str(out),
-        "log_every": 1,
-        **extra,
-    }
-    return [f"{k}={v}" for k, v in items.items()]
+from helpers import base_overrides
 
 
 # ------------------------------------------------------------------ config

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_cli import clean_env
-from test_training import base_overrides
+from helpers import base_overrides, clean_env
 
 from dass_distill.data.dataset import ClipDataset, Sample, collate
 from dass_distill.data.manifest import load_manifest
@@ -64,10 +63,10 @@ def test_sampler_draws_mixup_and_balanced_items_deterministically():
 
 def test_mixup_item_mixes_waveforms_labels_and_teacher_targets(synth_data):
     from dass_distill.data.audio import read_audio
-    from dass_distill.students import DassFeatureExtractor
+    from dass_distill.frontend import KaldiFbank
 
     manifest = load_manifest(synth_data["train_manifest"])
-    fe = DassFeatureExtractor(target_length=150)
+    fe = KaldiFbank(target_length=150)
 
     class Targets:  # a stand-in cache: one distinct row per clip
         def get(self, ids, views=None):

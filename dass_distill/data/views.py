@@ -18,7 +18,8 @@ import torch
 
 from dass_distill.data.audio import fix_length
 from dass_distill.logit_cache.format import VIEW_PARAMS_DTYPE
-from dass_distill.teachers import KaldiFbank, SpecMask
+from dass_distill.frontend import KaldiFbank
+from dass_distill.teachers import SpecMask
 
 #: Frames are 10 ms everywhere (the student's fbank and every teacher's front end).
 FRAME_SECONDS = 0.01

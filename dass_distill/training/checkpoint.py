@@ -16,8 +16,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from dass_distill.checkpoint_files import CheckpointError
 from dass_distill.data.manifest import LabelMap
 from dass_distill.errors import UserError
 from dass_distill.models import TrainableModel, build_model
@@ -111,8 +113,17 @@ def _model_states(tag_dir: Path) -> dict:
     files = sorted(tag_dir.glob("*mp_rank_00_model_states.pt"))
     if not files:
         raise UserError(f"{tag_dir} is not a DeepSpeed checkpoint (no mp_rank_00_model_states.pt)")
-    # Our own training output: DeepSpeed stores config and client state as Python objects.
-    return torch.load(files[0], map_location="cpu", weights_only=False)
+    # DeepSpeed's model-state file holds tensors, plain containers and, in the client state, numpy's
+    # RNG state (a uint32 array): exactly that much is allowed, no other Python object.
+    core = getattr(np, "_core", None) or np.core
+    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(files[0], map_location="cpu", weights_only=True)
+    except Exception as e:  # a foreign pickle or a truncated file
+        text = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read {files[0]} safely: it is not a dass-distill training checkpoint "
+                              f"or it is damaged ({text})") from None
 
 
 def load_trained_model(path: Path, tag: str | None = None) -> tuple[TrainableModel, ModelInfo, Path, str]:

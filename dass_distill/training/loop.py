@@ -5,7 +5,6 @@ Read top to bottom: set-up, resume, the step loop, evaluation and checkpointing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -26,13 +25,13 @@ from torch.utils.data import DataLoader
 
 from dass_distill.console import console, make_progress
 from dass_distill.data.augment import SpecAugment
-from dass_distill.data.dataset import ClipDataset, TeacherTargets, collate
-from dass_distill.data.manifest import LabelMap, Manifest, default_label_map_path, load_manifest
+from dass_distill.data.dataset import ClipDataset, collate
+from dass_distill.data.manifest import LabelMap, default_label_map_path, load_manifest
 from dass_distill.errors import UserError
 from dass_distill.evaluation import per_class_records, score_batches
 from dass_distill.losses import DistillationLoss
 from dass_distill.models import build_model
-from dass_distill.training.checkpoint import CHECKPOINTS, ModelInfo, consolidated_state_dict, resolve_checkpoint
+from dass_distill.training.checkpoint import CHECKPOINTS, MODEL_INFO, ModelInfo, consolidated_state_dict, resolve_checkpoint
 from dass_distill.training.config import TrainConfig, check_resume_config, dump_config
 from dass_distill.training.distributed import init_distributed, rank, world_size
 from dass_distill.training.health import CollapseMonitor, likely_causes
@@ -40,6 +39,8 @@ from dass_distill.training.label_prior import chance_map, label_prior, prior_bce
 from dass_distill.training.metrics_log import MetricsLog
 from dass_distill.training.sampler import ResumableSampler, balanced_weights
 from dass_distill.training.schedule import cosine_factor, lr_factor
+from dass_distill.training.teacher_targets import cached_views, open_teacher_targets, teacher_summary
+from dass_distill.training.weight_averaging import gathered_state_dict, load_average, running_mean, save_average
 
 #: Mixed precision runs under DeepSpeed's torch_autocast: parameters, master weights and
 #: optimizer state stay fp32 (so the SSM constants A_logs, Ds and dt_projs_bias are never
@@ -91,113 +92,6 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def cached_ensembles(reader) -> dict[str, dict]:
-    """Ensembles whose members a cache holds, from the members' provenance."""
-    out: dict[str, dict] = {}
-    for t in reader.teachers:
-        ens = reader.provenance(t).get("ensemble")
-        if isinstance(ens, dict) and ens.get("name"):
-            out.setdefault(ens["name"], ens)
-    return out
-
-
-def resolve_teacher(cfg: TrainConfig, reader) -> TeacherTargets:
-    """``distill.teacher`` (a cached teacher, a cached ensemble or a list) -> targets with their combination."""
-    teachers, ensembles = reader.teachers, cached_ensembles(reader)
-    choice = cfg.distill.teacher
-    if choice is None:
-        if len(teachers) == 1:
-            choice = teachers[0]
-        elif len(ensembles) == 1 and set(next(iter(ensembles.values()))["members"]) == set(teachers):
-            choice = next(iter(ensembles))
-        else:
-            raise UserError(f"{cfg.distill.cache} holds teachers {teachers}"
-                            + (f" and ensembles {sorted(ensembles)}" if ensembles else "")
-                            + "; choose with distill.teacher=NAME (or a list of teachers)")
-    ensemble = ensembles.get(choice) if isinstance(choice, str) and choice not in teachers else None
-    if ensemble is not None:
-        members = list(ensemble["members"])
-    else:
-        members = [choice] if isinstance(choice, str) else list(choice)
-    for m in members:
-        if m not in teachers:
-            known = ", ".join(teachers) + (f"; ensembles: {', '.join(sorted(ensembles))}" if ensembles else "")
-            raise UserError(f"teacher '{m}' is not in {cfg.distill.cache} (it has {known})")
-    combine = cfg.distill.combine or (ensemble or {}).get("default_combine") or "prob_mean"
-    weights = None
-    if cfg.distill.member_weights is not None:
-        extra = sorted(set(cfg.distill.member_weights) - set(members))
-        if extra:
-            raise UserError(f"distill.member_weights names '{extra[0]}', which is not a member ({', '.join(members)})")
-        weights = [float(cfg.distill.member_weights.get(m, 0.0)) for m in members]
-    elif ensemble is not None and ensemble.get("default_weights"):
-        weights = list(ensemble["default_weights"])
-    if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
-        raise UserError(f"distill.member_weights must be non-negative with a positive sum, got {weights}")
-    name = choice if isinstance(choice, str) else "+".join(members)
-    return TeacherTargets(reader, members, combine, weights, name=name)
-
-
-def open_teacher_targets(cfg: TrainConfig, manifest: Manifest, label_map: LabelMap):
-    """Open the logit cache, check it against the data; returns (targets, manifest, labels-only ids)."""
-    from dass_distill.logit_cache import LogitCacheReader
-
-    reader = LogitCacheReader(cfg.distill.cache)
-    targets = resolve_teacher(cfg, reader)
-    if list(reader.label_ids) != list(label_map.ids):
-        raise UserError(
-            f"{cfg.distill.cache} was made with a different label map ({len(reader.label_ids)} classes) than the "
-            f"training data ({len(label_map)}); re-create the cache with this label map"
-        )
-    missing = sorted({c for m in targets.members for c in reader.coverage(manifest.ids, m)[0]})
-    labels_only: set[str] = set()
-    if missing:
-        policy = cfg.distill.missing
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        if policy == "error":
-            raise UserError(
-                f"{len(missing)} training clips have no logits in {cfg.distill.cache} ({shown}); run "
-                f"'dass-distill cache-check' or set distill.missing=skip or distill.missing=labels_only"
-            )
-        console.print(f"[yellow]{len(missing)} clips lack teacher logits ({escape(shown)}): distill.missing={policy}")
-        if policy == "skip":
-            keep = set(manifest.ids) - set(missing)
-            manifest = manifest.subset(keep)
-        else:
-            labels_only = set(missing)
-    return targets, manifest, labels_only
-
-
-def cached_views(cfg: TrainConfig, targets: TeacherTargets, model):
-    """The cache's augmented views, checked against the student's input; None for whole-clip caches."""
-    from dass_distill.data.views import ViewSpec
-
-    reader = targets.reader
-    if not reader.augmented:
-        return None
-    spec = ViewSpec.from_dict(reader.augment)
-    if spec.target_frames != cfg.data.target_length:
-        raise UserError(f"{cfg.distill.cache} holds views of {spec.target_frames} frames but data.target_length is "
-                        f"{cfg.data.target_length}; set data.target_length={spec.target_frames}")
-    if model.sample_rate != 16000:
-        raise UserError(f"cached views are replayed on the 16 kHz fbank grid; model {cfg.model} runs at "
-                        f"{model.sample_rate} Hz")
-    if rank() == 0:
-        console.print(f"[dim]replaying {spec.count} cached views per clip (mixup {spec.mixup:g}, SpecAugment "
-                      f"{spec.freq_mask}/{spec.time_mask} as the teacher saw them)")
-    return spec
-
-
-def teacher_summary(targets: TeacherTargets) -> dict:
-    """What the run records about its teacher(s): provenance of every member and the combination."""
-    prov = {m: targets.reader.provenance(m) for m in targets.members}
-    if len(targets.members) == 1:
-        return {"name": targets.teacher, **prov[targets.members[0]]}
-    return {"name": targets.teacher, "kind": "ensemble", "members": targets.members, "combine": targets.combine,
-            "weights": targets.weights, "checkpoint_sha256": {m: p.get("checkpoint_sha256") for m, p in prov.items()},
-            "member_provenance": prov}
-
-
 class Trainer:
     """One training run, resumable from its own checkpoints."""
 
@@ -224,7 +118,7 @@ class Trainer:
         train_manifest = load_manifest(cfg.data.train, label_map)
         self.eval_manifest = load_manifest(cfg.data.eval, label_map) if cfg.data.eval else None
         self.model = build_model(cfg.model, label_map, cfg.data.target_length, **cfg.model_args)
-        self.info = ModelInfo(cfg.model, self.model.family, cfg.data.target_length, label_map, cfg.model_args)
+        self.info = ModelInfo(cfg.model, self.model.family.name, cfg.data.target_length, label_map, cfg.model_args)
         self.fresh_head = True
         if cfg.pretrained is not None:
             self._load_pretrained(cfg.pretrained)
@@ -299,59 +193,28 @@ class Trainer:
             dump_config(cfg, self.out / "config.yaml")
             self.info.save(self.out)
 
-    def _load_pretrained(self, folder: Path) -> None:
-        if self.model.family == "ast" and (folder.is_file() or (folder / "config.json").is_file()):
-            self._load_released_ast(folder)  # an original .pth, a teacher YAML or a transformers folder
-            return
-        if folder.is_file():  # a released DASS or VMamba ImageNet checkpoint
-            self._load_released(folder)
-            return
-        run_dir, ckpt_dir, tag = resolve_checkpoint(folder)
-        state = consolidated_state_dict(ckpt_dir, tag)
-        # A new label set keeps the backbone and re-initialises the head.
-        own = self.model.module.state_dict()
-        fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        self.model.module.load_state_dict(fitting, strict=False)
-        head_bias = self.model.module.get_classifier().bias
-        self.fresh_head = not any(p is head_bias and n in fitting for n, p in self.model.module.named_parameters())
+    def _load_pretrained(self, path: Path) -> None:
+        """From a training run folder (any model), or from a released checkpoint of the model's family."""
+        if path.is_dir() and ((path / MODEL_INFO).is_file() or CHECKPOINTS in (path.name, path.parent.name)):
+            run_dir, ckpt_dir, tag = resolve_checkpoint(path)
+            state = consolidated_state_dict(ckpt_dir, tag)
+            # A new label set keeps the backbone and re-initialises the head.
+            own = self.model.module.state_dict()
+            fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+            self.model.module.load_state_dict(fitting, strict=False)
+            head_bias = self.model.module.get_classifier().bias
+            self.fresh_head = not any(p is head_bias and n in fitting for n, p in self.model.module.named_parameters())
+            what = f"{len(fitting)}/{len(own)} tensors from {run_dir} ({tag})"
+        else:
+            family = self.model.family
+            if family.init_from_released is None:
+                raise UserError(f"pretrained={path}: {family.name} models start from a training run folder (there is "
+                                f"no released {family.name} checkpoint format)")
+            head_loaded = family.init_from_released(self.model.module, path, list(self.info.label_map.ids))
+            self.fresh_head = not head_loaded
+            what = f"{path} ({'all weights' if head_loaded else 'a new head for this label set'})"
         if self.is_main:
-            console.print(f"initialised {len(fitting)}/{len(own)} tensors from {escape(str(run_dir))} ({tag})")
-
-    def _load_released_ast(self, path: Path) -> None:
-        """Fine-tune a released AST: every transformer weight, the position table adapted to this
-        run's strides and length, and a new head unless the label set is the checkpoint's own."""
-        from dass_distill.teachers import load_teacher
-        from dass_distill.teachers.ast_finetune import init_from_pretrained_ast
-
-        spec = str(path) if path.suffix in (".yaml", ".yml") else f"ast:{path}"
-        source = load_teacher(spec)
-        if getattr(source, "kind", None) != "ast":
-            raise UserError(f"pretrained={path} is a {getattr(source, 'kind', 'ensemble')} teacher; an AST model "
-                            f"fine-tunes from an AST checkpoint (original .pth or transformers folder)")
-        labels = self.info.label_map
-        same_labels = (list(source.label_ids) == list(labels.ids) if source.label_ids is not None
-                       else source.num_classes == len(labels))
-        done = init_from_pretrained_ast(self.model.module, source.model, str(path), keep_head=same_labels)
-        self.fresh_head = done["head"] == "new"
-        if self.is_main:
-            grid = done["position_grid"]
-            console.print(f"initialised AST from {escape(str(path))}: positions {grid['from'][0]}x{grid['from'][1]} -> "
-                          f"{grid['to'][0]}x{grid['to'][1]} patches, {done['head']} head")
-
-    def _load_released(self, path: Path) -> None:
-        from dass_distill.students import WeightsError, init_from_vmamba, load_dass_weights
-
-        if self.model.family != "dass":
-            raise UserError(f"pretrained={path}: weight files are DASS/VMamba checkpoints; use them with a dass_* model")
-        try:
-            load_dass_weights(self.model.module, path)
-            what = "all weights"
-            self.fresh_head = False
-        except WeightsError:  # another label set (or ImageNet): keep this task's head
-            init_from_vmamba(self.model.module, path)
-            what = "backbone (head re-initialised)"
-        if self.is_main:
-            console.print(f"initialised {what} from {escape(str(path))}")
+            console.print(f"initialised {escape(self.cfg.model)} from {escape(what)}")
 
     # ---------------------------------------------------------------- resume
     def maybe_resume(self) -> bool:
@@ -586,54 +449,6 @@ def all_finite(loss: torch.Tensor) -> bool:
     if world_size() > 1:
         torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
     return bool(ok.item() > 0)
-
-
-def gathered_state_dict(engine, keep: bool = True) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of the engine's module (``{}`` where not ``keep``). Every rank must call
-    it: under ZeRO-3 the partitions are gathered collectively."""
-    if engine.zero_optimization_stage() == 3:
-        import deepspeed
-
-        gather = deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
-    else:
-        gather = contextlib.nullcontext()
-    with gather:
-        return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()} if keep else {}
-
-
-AVERAGE_FILE = "averaged/epochs_{}.pt"
-
-
-def running_mean(previous: dict | None, weights: dict, count: int) -> dict:
-    """Mean of ``count`` earlier weight sets (``previous``) and ``weights``."""
-    if previous is None:
-        return weights
-    return {k: previous[k] + (weights[k] - previous[k]) / (count + 1) if weights[k].is_floating_point() else weights[k]
-            for k in weights}
-
-
-def save_average(ckpt_dir: Path, state: dict, epochs: list[int]) -> None:
-    """Write the average of ``epochs`` atomically, and drop older averages."""
-    path = ckpt_dir / AVERAGE_FILE.format("-".join(map(str, epochs)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-    (path.parent / "epochs.json").write_text(json.dumps({"epochs": epochs, "file": path.name}))
-    for old in path.parent.glob("epochs_*.pt"):
-        if old != path and len(old.stem.split("_")[1].split("-")) < len(epochs) - 1:
-            old.unlink()
-
-
-def load_average(ckpt_dir: Path, epochs: list[int]) -> dict | None:
-    """The running average over ``epochs`` (None when empty)."""
-    if not epochs:
-        return None
-    path = ckpt_dir / AVERAGE_FILE.format("-".join(map(str, epochs)))
-    if not path.is_file():
-        raise UserError(f"{path} is missing: the weight average of epochs {epochs} cannot be continued; "
-                        f"set weight_averaging.enabled=false or start a new output_dir")
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def train(cfg: TrainConfig) -> dict:

@@ -1,0 +1,124 @@
+"""Teachers you can train on your own labels: AST and SSLAM (EAT) as registered model families.
+
+The released checkpoints of both load as teachers (``dass-distill cache --teacher
+ast:FILE``); these entries let ``train`` build them from scratch or fine-tune them
+(``train --model ast pretrained=audioset_10_10_0.4593.pth``), and ``export`` write folders
+that the teacher loaders read back. An ensemble of different kinds (AST + SSLAM) is
+then two trainings and one cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import ASTConfig
+
+from dass_distill.errors import UserError
+from dass_distill.frontend import KaldiFbank
+from dass_distill.registry import ModelFamily, register_alias, register_family, register_model
+from dass_distill.teachers import AST_CONFIGS, ASTClassifier, ASTTeacher, ast_config, load_teacher, save_ast_folder
+from dass_distill.teachers.ast import front_end_for as ast_front_end
+from dass_distill.teachers.ast_finetune import init_from_pretrained_ast
+from dass_distill.teachers.sslam import (SSLAMClassifier, SSLAMConfig, load_sslam_classifier,
+                                         save_sslam_safetensors)
+from dass_distill.teachers.sslam import front_end_for as sslam_front_end
+
+# --------------------------------------------------------------------------- AST
+AST_OPTIONS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+               "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range", "layer_norm_eps",
+               "patch_size", "qkv_bias", "frequency_stride", "time_stride", "num_mel_bins")
+
+
+def ast_make_config(defaults: dict, num_classes: int, target_length: int, overrides: dict) -> ASTConfig:
+    return ast_config(defaults, num_classes, target_length, **overrides)
+
+
+def ast_save_folder(model: ASTClassifier, folder: Path, front_end: KaldiFbank, label_ids: list[str],
+                    label_names: list[str], extra: dict | None = None) -> Path:
+    """A transformers AST folder labelled with the training labels (``ast:FOLDER`` loads it)."""
+    cfg = model.config
+    cfg.id2label = dict(enumerate(label_names))
+    cfg.label2id = {n: i for i, n in enumerate(label_names)}
+    cfg.label_ids = list(label_ids)
+    return save_ast_folder(model, folder)
+
+
+def ast_load_folder(folder: Path) -> tuple:
+    teacher = ASTTeacher.from_folder(folder)
+    return teacher.model, teacher.front_end, teacher.label_ids, teacher.label_names, teacher.model.config.to_dict()
+
+
+def ast_init_from_released(model: ASTClassifier, path: Path, label_ids: list[str], allow_pickle: bool = False) -> bool:
+    """Fine-tune a released AST (original ``.pth``, teacher YAML or transformers folder): every
+    transformer weight, positions adapted to this model's grid, the head only for the same labels."""
+    spec = str(path) if path.suffix in (".yaml", ".yml") else f"ast:{path}"
+    source = load_teacher(spec, allow_pickle=allow_pickle)
+    if getattr(source, "kind", None) != "ast":
+        raise UserError(f"pretrained={path} is a {getattr(source, 'kind', 'ensemble')} teacher; an AST model "
+                        f"fine-tunes from an AST checkpoint (original .pth or transformers folder)")
+    same_labels = (list(source.label_ids) == list(label_ids) if source.label_ids is not None
+                   else source.num_classes == len(label_ids))
+    done = init_from_pretrained_ast(model, source.model, str(path), keep_head=same_labels)
+    return done["head"] == "kept"
+
+
+AST_FAMILY = register_family(ModelFamily(
+    name="ast", model_type="audio-spectrogram-transformer", description="teacher (AST, trainable)",
+    config_class=ASTConfig, model_class=ASTClassifier, student=False, options=AST_OPTIONS,
+    make_config=ast_make_config, build=ASTClassifier.from_config,
+    front_end=lambda config, target_length: ast_front_end(config),
+    save_folder=ast_save_folder, load_folder=ast_load_folder, init_from_released=ast_init_from_released,
+    graph_export=False, any_length=False,  # a fixed position table
+))
+
+def _register_ast(name: str, kwargs: dict) -> None:
+    def defaults() -> dict:
+        return dict(kwargs)
+    defaults.__name__ = name
+    register_model(AST_FAMILY)(defaults)
+
+
+for _name, _kwargs in AST_CONFIGS.items():
+    _register_ast(_name, _kwargs)
+register_alias("ast", "ast_base")
+
+
+# --------------------------------------------------------------------------- SSLAM
+def sslam_make_config(defaults: dict, num_classes: int, target_length: int, overrides: dict) -> SSLAMConfig:
+    return SSLAMConfig(**{**defaults, **overrides, "num_classes": num_classes, "target_length": target_length})
+
+
+def sslam_save_folder(model: SSLAMClassifier, folder: Path, front_end: KaldiFbank, label_ids: list[str],
+                      label_names: list[str], extra: dict | None = None) -> Path:
+    """The Hugging Face layout of the EAT port (``sslam:FOLDER`` loads it), with the training labels."""
+    save_sslam_safetensors(model, folder)
+    config_path = Path(folder) / "config.json"
+    config = json.loads(config_path.read_text())
+    config.update(id2label={str(i): n for i, n in enumerate(label_names)}, label_ids=list(label_ids))
+    config_path.write_text(json.dumps(config, indent=2))
+    return Path(folder)
+
+
+def sslam_load_folder(folder: Path) -> tuple:
+    model, _ = load_sslam_classifier(folder)
+    config = json.loads((Path(folder) / "config.json").read_text())
+    n = model.config.num_classes
+    names = [config.get("id2label", {}).get(str(i), f"class_{i}") for i in range(n)]
+    return model.eval(), sslam_front_end(model.config), list(config.get("label_ids", names)), names, config
+
+
+SSLAM_FAMILY = register_family(ModelFamily(
+    name="sslam", model_type="eat", description="teacher (SSLAM/EAT ViT, trainable)",
+    config_class=SSLAMConfig, model_class=SSLAMClassifier, student=False,
+    options=("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "norm_eps"),
+    make_config=sslam_make_config, build=lambda config: SSLAMClassifier(config).init_weights(),
+    front_end=lambda config, target_length: sslam_front_end(config),
+    save_folder=sslam_save_folder, load_folder=sslam_load_folder, graph_export=False, any_length=False,
+))
+
+
+@register_model(SSLAM_FAMILY)
+def sslam_tiny() -> dict:
+    """A 3-layer, 96-wide EAT ViT: a second teacher kind for the demo's ensembles (released: ViT-B)."""
+    return dict(embed_dim=96, depth=3, num_heads=3)
