@@ -17,7 +17,12 @@ from pathlib import Path
 
 import torch
 
-from dass_distill.checkpoint_files import load_strict, read_checkpoint, state_dict_in
+from dass_distill.checkpoint_files import (
+    load_strict,
+    read_checkpoint,
+    state_dict_in,
+    strip_prefix,
+)
 
 from .dass import DASS
 
@@ -36,11 +41,7 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: DASS) -> dict[str, torch.Tensor]:
     """Map a DASS / VMamba state dict onto this model's key names and input channels."""
     out = {}
-    for key, value in state_dict.items():
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-                break
+    for key, value in strip_prefix(state_dict, _PREFIXES).items():
         for old, new in _HEAD_RENAMES:
             if key.startswith(old):
                 key = new + key[len(old):]
