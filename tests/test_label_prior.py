@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dass_distill.metrics import average_precision
-from dass_distill.training.health import CollapseMonitor, likely_causes
+from dass_distill.training.health import SPREAD_DROP, CollapseMonitor, FeatureSpread, likely_causes
 from dass_distill.training.label_prior import (
     PRIOR_FLOOR, chance_average_precision, chance_map, label_prior, prior_bce, prior_logits,
 )
@@ -80,6 +80,41 @@ def test_monitor_flags_chance_level_eval():
     assert mon.evaluated(80, 0.5) is None and not mon.report()["collapsed"]  # judged on the final state
 
 
+def test_monitor_tells_constant_outputs_from_a_slow_start():
+    mon = CollapseMonitor(prior_bce=0.40, chance_map=0.2, check_after=50, start_spread=0.35)
+    assert "same for every clip" not in mon.evaluated(60, 0.21, spread=0.3)  # different features, no signal yet
+    assert not mon.outputs_constant
+    mon = CollapseMonitor(prior_bce=0.40, chance_map=0.2, check_after=50, start_spread=0.011)
+    assert "same for every clip" not in mon.evaluated(60, 0.21, spread=0.009)  # a ViT's pooled tokens start close
+    mon = CollapseMonitor(prior_bce=0.40, chance_map=0.2, check_after=50, start_spread=0.35)
+    assert "same for every clip (spread 2.0e-04)" in mon.evaluated(60, 0.21, spread=2e-4)
+    rep = mon.report()
+    assert rep["reasons"] == ["eval mAP at chance level", "the same output for every clip"]
+    assert rep["final_feature_spread"] == 2e-4 and rep["start_feature_spread"] == 0.35
+
+
+def test_feature_spread_against_numpy():
+    head = torch.nn.Linear(3, 2)
+    rows = torch.randn(10, 3) * torch.tensor([1.0, 2.0, 0.5]) + 1.0
+    spread = FeatureSpread(head)
+    head(rows[:4]), head(rows[4:])  # two batches
+    got = spread.close()
+    x = rows.double().numpy()
+    assert got == pytest.approx(x.std(0, ddof=1).mean() / np.abs(x).mean(), rel=1e-9)
+    head(rows)  # the hook is gone
+    assert spread.n == 10
+    same = FeatureSpread(head)
+    head(torch.ones(5, 3))
+    assert same.close() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_likely_causes_name_the_step_size_when_outputs_are_constant():
+    causes = likely_causes("adam", 1e-3, 5e-7, 1000, "prior", 0.0, False, warmup_steps=50, batch_size=8,
+                           outputs_constant=True)
+    assert "optim.lr=0.001 after 50 warm-up steps at optim.batch_size=8" in causes[0]
+    assert not any("lost their dependence" in c for c in likely_causes("adam", 1e-3, 5e-7, 1000, "prior", 0.0, False))
+
+
 def test_likely_causes_name_the_coupled_decay_first():
     causes = likely_causes("adam", 1e-3, 0.05, 1000, "prior", 0.5, False)
     assert "optim.optimizer=adamw" in causes[0]
@@ -130,3 +165,7 @@ def test_a_run_that_learns_nothing_is_called_collapsed(tmp_path, synth_data, cap
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["health"]["collapsed"]
     err = capsys.readouterr().err
     assert "collapsed run" in err and "may be too low" in err
+    # A model at its start still gives clips different outputs: not the constant-output collapse.
+    health = summary["health"]
+    assert health["final_feature_spread"] > SPREAD_DROP * health["start_feature_spread"] > 0
+    assert "lost their dependence" not in err

@@ -5,12 +5,22 @@ predicting every class's frequency for every clip (it learned the prior and noth
 else), or when its eval mAP is no better than a random ranking's. Either way the
 model is useless, and the user is told so with the likely causes, instead of a
 quiet summary.
+
+The spread of the head's input features across eval clips (relative to their size)
+tells two collapses apart. A model that has not found the signal yet still gives
+different clips different features (a fresh ``dass_tiny``: 0.35); one whose features
+lost their dependence on the input gives every clip the same ones (0.002, 1/200 of its
+start), and no gradient is left to bring it back. The second is what too large an Adam step before the
+labels' signal is found does (README, "Does it learn?").
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
 
 #: Training BCE at or above this share of the prior BCE counts as "at the prior"
 #: (a model that learns anything gets clearly below it).
@@ -19,6 +29,11 @@ PRIOR_SHARE = 0.97
 CHANCE_MARGIN = 0.03
 #: Steps of smoothing for the training BCE (an exponential moving average).
 EMA_STEPS = 50
+#: Head inputs whose spread across clips (``FeatureSpread``) fell below this share of the
+#: spread at the start are "the same for every clip": the features no longer depend on
+#: the input. (The start differs by model: a fresh sslam_tiny's mean-pooled tokens
+#: spread 0.011, a dass_tiny's pooled map 0.35.)
+SPREAD_DROP = 0.05
 
 
 @dataclass
@@ -35,6 +50,8 @@ class CollapseMonitor:
     check_after: int
     bce_ema: float | None = None
     last_map: float | None = None
+    start_spread: float | None = None
+    last_spread: float | None = None
     warned: set[str] = field(default_factory=set)
 
     def update(self, step: int, bce: float) -> str | None:
@@ -52,12 +69,15 @@ class CollapseMonitor:
                     f"has collapsed)")
         return None
 
-    def evaluated(self, step: int, mAP: float) -> str | None:
-        """Record an evaluation; returns a warning when it is at chance level after warm-up."""
-        self.last_map = mAP
+    def evaluated(self, step: int, mAP: float, spread: float | None = None) -> str | None:
+        """Record an evaluation (its mAP and, optionally, its ``FeatureSpread``); returns a
+        warning when it is at chance level after warm-up."""
+        self.last_map, self.last_spread = mAP, spread
         if step >= self.check_after and self.at_chance and "chance" not in self.warned:
             self.warned.add("chance")
-            return f"step {step}: eval mAP {mAP:.4f} is at chance level ({self.chance_map:.4f} for random scores)"
+            same = (f"; its features are the same for every clip (spread {spread:.1e})"
+                    if self.outputs_constant else "")
+            return f"step {step}: eval mAP {mAP:.4f} is at chance level ({self.chance_map:.4f} for random scores){same}"
         return None
 
     @property
@@ -69,6 +89,12 @@ class CollapseMonitor:
         return (self.chance_map is not None and self.last_map is not None and math.isfinite(self.last_map)
                 and self.last_map <= self.chance_map + CHANCE_MARGIN)
 
+    @property
+    def outputs_constant(self) -> bool:
+        """Whether the last evaluation gave every clip the same features (they collapsed)."""
+        return (self.last_spread is not None and self.start_spread is not None
+                and self.last_spread < SPREAD_DROP * self.start_spread)
+
     def report(self) -> dict:
         """What the run summary records; ``collapsed`` is judged on the final state."""
         reasons = []
@@ -76,20 +102,64 @@ class CollapseMonitor:
             reasons.append("training loss at the label prior")
         if self.at_chance:
             reasons.append("eval mAP at chance level")
+        if self.outputs_constant:
+            reasons.append("the same output for every clip")
         return {"collapsed": bool(reasons), "reasons": reasons, "prior_bce": round(self.prior_bce, 6),
                 "final_train_bce": None if self.bce_ema is None else round(self.bce_ema, 6),
                 "chance_mAP": None if self.chance_map is None else round(self.chance_map, 6),
-                "final_eval_mAP": self.last_map}
+                "final_eval_mAP": self.last_map,
+                "start_feature_spread": None if self.start_spread is None else round(self.start_spread, 6),
+                "final_feature_spread": None if self.last_spread is None else round(self.last_spread, 6)}
+
+
+class FeatureSpread:
+    """The spread of a layer's inputs across the clips of an evaluation, relative to their
+    size: mean over channels of the std across clips, over the mean absolute value.
+
+    Hooked on the model's head (``get_classifier()``) for one evaluation; sums are kept in
+    float64, so any number of clips costs memory for one row of features.
+    """
+
+    def __init__(self, head: nn.Module) -> None:
+        self.n, self.sum, self.sum_sq, self.sum_abs = 0, None, None, 0.0
+        self._handle = head.register_forward_pre_hook(self._collect)
+
+    def _collect(self, module: nn.Module, args: tuple) -> None:
+        x = args[0].detach().double()
+        x = x.reshape(-1, x.shape[-1])  # (clips, channels); a per-token head gives a row per token
+        if self.sum is None:
+            self.sum, self.sum_sq = torch.zeros(x.shape[-1], dtype=torch.float64), torch.zeros(x.shape[-1], dtype=torch.float64)
+        self.n += x.shape[0]
+        self.sum += x.sum(0).cpu()
+        self.sum_sq += (x * x).sum(0).cpu()
+        self.sum_abs += float(x.abs().sum())
+
+    def close(self) -> float | None:
+        """Remove the hook; the spread, or None when fewer than two rows were seen."""
+        self._handle.remove()
+        if self.n < 2 or self.sum_abs == 0:
+            return None
+        mean = self.sum / self.n
+        var = (self.sum_sq / self.n - mean * mean).clamp(min=0) * self.n / (self.n - 1)
+        return float(var.sqrt().mean() / (self.sum_abs / (self.n * mean.numel())))
 
 
 def likely_causes(optimizer: str, lr: float, weight_decay: float, steps_after_warmup: int,
-                  head_bias: str, kd_weight: float, distilling: bool) -> list[str]:
-    """The usual reasons for a collapsed run, most specific first, given its settings."""
+                  head_bias: str, kd_weight: float, distilling: bool, *, warmup_steps: int | None = None,
+                  batch_size: int | None = None, outputs_constant: bool = False) -> list[str]:
+    """The usual reasons for a collapsed run, most specific first, given its settings and
+    whether its outputs ended up the same for every clip."""
     causes = []
     if optimizer == "adam" and weight_decay >= 1e-3:
         causes.append(f"optim.weight_decay={weight_decay:g} with optim.optimizer=adam is an L2 term inside Adam's "
                       f"normalised step: where the loss gradient is smaller it shrinks every weight by about lr "
                       f"per step, towards 0. Use optim.optimizer=adamw (decoupled decay) or a decay <= 1e-4")
+    if outputs_constant:
+        setting = f"optim.lr={lr:g}" + (f" after {warmup_steps} warm-up steps" if warmup_steps is not None else "") \
+            + (f" at optim.batch_size={batch_size}" if batch_size is not None else "")
+        causes.append(f"the features lost their dependence on the input (every clip gets the same features): "
+                      f"{setting} is too large a step before the model has found the labels' signal. Lengthen "
+                      f"optim.warmup_steps (a few hundred), raise optim.batch_size or lower optim.lr")
     if head_bias != "prior":
         causes.append("head_bias=zero starts every class at probability 0.5; the network then learns the "
                       "class frequencies by making its features input-independent. Use head_bias=prior")

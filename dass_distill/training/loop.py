@@ -34,7 +34,7 @@ from dass_distill.models import build_model
 from dass_distill.training.checkpoint import CHECKPOINTS, MODEL_INFO, ModelInfo, consolidated_state_dict, resolve_checkpoint
 from dass_distill.training.config import TrainConfig, check_resume_config, dump_config
 from dass_distill.training.distributed import init_distributed, rank, world_size
-from dass_distill.training.health import CollapseMonitor, likely_causes
+from dass_distill.training.health import CollapseMonitor, FeatureSpread, likely_causes
 from dass_distill.training.label_prior import chance_map, label_prior, prior_bce, prior_logits
 from dass_distill.training.metrics_log import MetricsLog
 from dass_distill.training.sampler import ResumableSampler, balanced_weights
@@ -227,6 +227,7 @@ class Trainer:
         self.state = TrainState(**client["train_state"])
         mon = client.get("monitor") or {}
         self.monitor.bce_ema, self.monitor.last_map = mon.get("bce_ema"), mon.get("last_map")
+        self.monitor.start_spread, self.monitor.last_spread = mon.get("start_spread"), mon.get("last_spread")
         self.monitor.warned = set(mon.get("warned", ()))
         torch.set_rng_state(client["rng"]["torch"])
         np.random.set_state(client["rng"]["numpy"])
@@ -240,6 +241,7 @@ class Trainer:
             "train_state": asdict(self.state),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "monitor": {"bce_ema": self.monitor.bce_ema, "last_map": self.monitor.last_map,
+                        "start_spread": self.monitor.start_spread, "last_spread": self.monitor.last_spread,
                         "warned": sorted(self.monitor.warned)},
         }
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client, save_latest=latest)
@@ -255,6 +257,8 @@ class Trainer:
     def train(self) -> dict:
         self.setup()
         resumed = self.maybe_resume()
+        if not resumed:
+            self.monitor.start_spread = self.start_feature_spread()
         cfg, st = self.cfg, self.state
         eval_every = cfg.eval_every or self.steps_per_epoch
         save_every = cfg.save_every or self.steps_per_epoch
@@ -342,14 +346,40 @@ class Trainer:
         loader = DataLoader(self.eval_dataset, batch_size=self.cfg.optim.batch_size, collate_fn=collate,
                             num_workers=self.cfg.data.num_workers, generator=torch.Generator())
         self.engine.eval()
-        scores = score_batches(self.engine, loader, self.engine.device, self.dtype)
+        spread = FeatureSpread(self.model.module.get_classifier())
+        try:
+            scores = score_batches(self.engine, loader, self.engine.device, self.dtype)
+        finally:
+            feature_spread = spread.close()
         m = scores.metrics()
         if self.is_main:  # per-class AP/AUC of the latest evaluation, with label names
             lm = self.info.label_map
             doc = {"step": self.state.step, "mAP": m["mAP"], "mAUC": m["mAUC"], "d_prime": m["d_prime"],
                    "per_class": per_class_records(list(lm.ids), list(lm.names), m)}
             (self.out / "eval_per_class.json").write_text(json.dumps(doc, indent=1))
-        return {"mAP": m["mAP"], "mAUC": m["mAUC"], "d_prime": m["d_prime"], "eval_errors": len(scores.errors)}
+        result = {"mAP": m["mAP"], "mAUC": m["mAUC"], "d_prime": m["d_prime"], "eval_errors": len(scores.errors)}
+        if feature_spread is not None:
+            result["feature_spread"] = feature_spread
+        return result
+
+    @torch.no_grad()
+    def start_feature_spread(self) -> float | None:
+        """The spread of the head's inputs over one eval batch before training: the
+        reference against which a collapse of the features is judged (health.py)."""
+        if self.eval_dataset is None:
+            return None
+        loader = DataLoader(self.eval_dataset, batch_size=min(64, len(self.eval_dataset)), collate_fn=collate,
+                            generator=torch.Generator())
+        self.engine.eval()
+        spread = FeatureSpread(self.model.module.get_classifier())
+        try:
+            batch = next(iter(loader))
+            if len(batch):
+                self.engine(batch.features.to(self.engine.device, self.dtype))
+        finally:
+            value = spread.close()
+        self.engine.train()
+        return value
 
     def evaluate_and_keep_best(self, log, progress) -> None:
         result = self.evaluate()
@@ -359,7 +389,7 @@ class Trainer:
         if log:
             log.write(st.step, st.epoch + 1, "eval", result)
         progress.console.print(f"step {st.step}: eval mAP {result['mAP']:.4f}  d' {result['d_prime']:.3f}")
-        warning = self.monitor.evaluated(st.step, result["mAP"])
+        warning = self.monitor.evaluated(st.step, result["mAP"], result.get("feature_spread"))
         if warning and self.is_main:
             progress.console.print(f"[yellow]{escape(warning)}")
         if math.isfinite(result["mAP"]) and result["mAP"] > st.best_map:
@@ -433,7 +463,9 @@ class Trainer:
         """Tell the user the model is useless, and why it probably is."""
         o, cfg = self.cfg.optim, self.cfg
         causes = likely_causes(o.optimizer, o.lr, o.weight_decay, self.total_steps - o.warmup_steps, cfg.head_bias,
-                               cfg.distill.kd_weight, self.distilling)
+                               cfg.distill.kd_weight, self.distilling, warmup_steps=o.warmup_steps,
+                               batch_size=o.batch_size * cfg.deepspeed.gradient_accumulation_steps * world_size(),
+                               outputs_constant=bool(self.monitor.outputs_constant))
         lines = [f"This run collapsed ({' and '.join(health['reasons'])}): training BCE "
                  f"{health['final_train_bce']}, label-prior BCE {health['prior_bce']}"
                  + (f", eval mAP {health['final_eval_mAP']:.4f} vs chance {health['chance_mAP']:.4f}"
