@@ -89,7 +89,7 @@ def test_monitor_tells_constant_outputs_from_a_slow_start():
     mon = CollapseMonitor(prior_bce=0.40, chance_map=0.2, check_after=50, start_spread=0.35)
     assert "same for every clip (spread 2.0e-04)" in mon.evaluated(60, 0.21, spread=2e-4)
     rep = mon.report()
-    assert rep["reasons"] == ["eval mAP at chance level", "the same output for every clip"]
+    assert rep["reasons"] == ["eval mAP at chance level", "the same features for every clip"]
     assert rep["final_feature_spread"] == 2e-4 and rep["start_feature_spread"] == 0.35
 
 

@@ -10,8 +10,8 @@ The spread of the head's input features across eval clips (relative to their siz
 tells two collapses apart. A model that has not found the signal yet still gives
 different clips different features (a fresh ``dass_tiny``: 0.35); one whose features
 lost their dependence on the input gives every clip the same ones (0.002, 1/200 of its
-start), and no gradient is left to bring it back. The second is what too large an Adam step before the
-labels' signal is found does (README, "Does it learn?").
+start), and no gradient is left to bring it back. The second is what too large an Adam
+step before the labels' signal is found does (README, "Does it learn?").
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class CollapseMonitor:
         if self.at_chance:
             reasons.append("eval mAP at chance level")
         if self.outputs_constant:
-            reasons.append("the same output for every clip")
+            reasons.append("the same features for every clip")
         return {"collapsed": bool(reasons), "reasons": reasons, "prior_bce": round(self.prior_bce, 6),
                 "final_train_bce": None if self.bce_ema is None else round(self.bce_ema, 6),
                 "chance_mAP": None if self.chance_map is None else round(self.chance_map, 6),
@@ -128,7 +128,8 @@ class FeatureSpread:
         x = args[0].detach().double()
         x = x.reshape(-1, x.shape[-1])  # (clips, channels); a per-token head gives a row per token
         if self.sum is None:
-            self.sum, self.sum_sq = torch.zeros(x.shape[-1], dtype=torch.float64), torch.zeros(x.shape[-1], dtype=torch.float64)
+            self.sum = torch.zeros(x.shape[-1], dtype=torch.float64)
+            self.sum_sq = torch.zeros_like(self.sum)
         self.n += x.shape[0]
         self.sum += x.sum(0).cpu()
         self.sum_sq += (x * x).sum(0).cpu()
