@@ -83,7 +83,7 @@ def test_monitor_flags_chance_level_eval():
 def test_monitor_tells_constant_outputs_from_a_slow_start():
     mon = CollapseMonitor(prior_bce=0.40, chance_map=0.2, check_after=50, start_spread=0.35)
     assert "same for every clip" not in mon.evaluated(60, 0.21, spread=0.3)  # different features, no signal yet
-    assert not mon.outputs_constant
+    assert not mon.features_collapsed
     mon = CollapseMonitor(prior_bce=0.40, chance_map=0.2, check_after=50, start_spread=0.011)
     assert "same for every clip" not in mon.evaluated(60, 0.21, spread=0.009)  # a ViT's pooled tokens start close
     mon = CollapseMonitor(prior_bce=0.40, chance_map=0.2, check_after=50, start_spread=0.35)
@@ -110,7 +110,7 @@ def test_feature_spread_against_numpy():
 
 def test_likely_causes_name_the_step_size_when_outputs_are_constant():
     causes = likely_causes("adam", 1e-3, 5e-7, 1000, "prior", 0.0, False, warmup_steps=50, batch_size=8,
-                           outputs_constant=True)
+                           features_collapsed=True)
     assert "optim.lr=0.001 after 50 warm-up steps at optim.batch_size=8" in causes[0]
     assert not any("lost their dependence" in c for c in likely_causes("adam", 1e-3, 5e-7, 1000, "prior", 0.0, False))
 

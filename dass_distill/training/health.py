@@ -76,7 +76,7 @@ class CollapseMonitor:
         if step >= self.check_after and self.at_chance and "chance" not in self.warned:
             self.warned.add("chance")
             same = (f"; its features are the same for every clip (spread {spread:.1e})"
-                    if self.outputs_constant else "")
+                    if self.features_collapsed else "")
             return f"step {step}: eval mAP {mAP:.4f} is at chance level ({self.chance_map:.4f} for random scores){same}"
         return None
 
@@ -90,7 +90,7 @@ class CollapseMonitor:
                 and self.last_map <= self.chance_map + CHANCE_MARGIN)
 
     @property
-    def outputs_constant(self) -> bool:
+    def features_collapsed(self) -> bool:
         """Whether the last evaluation gave every clip the same features (they collapsed)."""
         return (self.last_spread is not None and self.start_spread is not None
                 and self.last_spread < SPREAD_DROP * self.start_spread)
@@ -102,7 +102,7 @@ class CollapseMonitor:
             reasons.append("training loss at the label prior")
         if self.at_chance:
             reasons.append("eval mAP at chance level")
-        if self.outputs_constant:
+        if self.features_collapsed:
             reasons.append("the same features for every clip")
         return {"collapsed": bool(reasons), "reasons": reasons, "prior_bce": round(self.prior_bce, 6),
                 "final_train_bce": None if self.bce_ema is None else round(self.bce_ema, 6),
@@ -147,7 +147,7 @@ class FeatureSpread:
 
 def likely_causes(optimizer: str, lr: float, weight_decay: float, steps_after_warmup: int,
                   head_bias: str, kd_weight: float, distilling: bool, *, warmup_steps: int | None = None,
-                  batch_size: int | None = None, outputs_constant: bool = False) -> list[str]:
+                  batch_size: int | None = None, features_collapsed: bool = False) -> list[str]:
     """The usual reasons for a collapsed run, most specific first, given its settings and
     whether its outputs ended up the same for every clip."""
     causes = []
@@ -155,7 +155,7 @@ def likely_causes(optimizer: str, lr: float, weight_decay: float, steps_after_wa
         causes.append(f"optim.weight_decay={weight_decay:g} with optim.optimizer=adam is an L2 term inside Adam's "
                       f"normalised step: where the loss gradient is smaller it shrinks every weight by about lr "
                       f"per step, towards 0. Use optim.optimizer=adamw (decoupled decay) or a decay <= 1e-4")
-    if outputs_constant:
+    if features_collapsed:
         setting = f"optim.lr={lr:g}" + (f" after {warmup_steps} warm-up steps" if warmup_steps is not None else "") \
             + (f" at optim.batch_size={batch_size}" if batch_size is not None else "")
         causes.append(f"the features lost their dependence on the input (every clip gets the same features): "

@@ -465,7 +465,7 @@ class Trainer:
         causes = likely_causes(o.optimizer, o.lr, o.weight_decay, self.total_steps - o.warmup_steps, cfg.head_bias,
                                cfg.distill.kd_weight, self.distilling, warmup_steps=o.warmup_steps,
                                batch_size=o.batch_size * cfg.deepspeed.gradient_accumulation_steps * world_size(),
-                               outputs_constant=bool(self.monitor.outputs_constant))
+                               features_collapsed=bool(self.monitor.features_collapsed))
         lines = [f"This run collapsed ({' and '.join(health['reasons'])}): training BCE "
                  f"{health['final_train_bce']}, label-prior BCE {health['prior_bce']}"
                  + (f", eval mAP {health['final_eval_mAP']:.4f} vs chance {health['chance_mAP']:.4f}"
