@@ -117,7 +117,8 @@ class FeatureSpread:
     size: mean over channels of the std across clips, over the mean absolute value.
 
     Hooked on the model's head (``get_classifier()``) for one evaluation; sums are kept in
-    float64, so any number of clips costs memory for one row of features.
+    float64, so any number of clips costs memory for one row of features. As a context
+    manager it removes the hook on exit and leaves the result in ``value``.
     """
 
     def __init__(self, head: nn.Module) -> None:
@@ -134,6 +135,12 @@ class FeatureSpread:
         self.sum += x.sum(0).cpu()
         self.sum_sq += (x * x).sum(0).cpu()
         self.sum_abs += float(x.abs().sum())
+
+    def __enter__(self) -> "FeatureSpread":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.value = self.close()
 
     def close(self) -> float | None:
         """Remove the hook; the spread, or None when fewer than two rows were seen."""

@@ -346,11 +346,9 @@ class Trainer:
         loader = DataLoader(self.eval_dataset, batch_size=self.cfg.optim.batch_size, collate_fn=collate,
                             num_workers=self.cfg.data.num_workers, generator=torch.Generator())
         self.engine.eval()
-        spread = FeatureSpread(self.model.module.get_classifier())
-        try:
+        with FeatureSpread(self.model.module.get_classifier()) as spread:
             scores = score_batches(self.engine, loader, self.engine.device, self.dtype)
-        finally:
-            feature_spread = spread.close()
+        feature_spread = spread.value
         m = scores.metrics()
         if self.is_main:  # per-class AP/AUC of the latest evaluation, with label names
             lm = self.info.label_map
@@ -371,15 +369,12 @@ class Trainer:
         loader = DataLoader(self.eval_dataset, batch_size=min(64, len(self.eval_dataset)), collate_fn=collate,
                             generator=torch.Generator())
         self.engine.eval()
-        spread = FeatureSpread(self.model.module.get_classifier())
-        try:
+        with FeatureSpread(self.model.module.get_classifier()) as spread:
             batch = next(iter(loader))
             if len(batch):
                 self.engine(batch.features.to(self.engine.device, self.dtype))
-        finally:
-            value = spread.close()
         self.engine.train()
-        return value
+        return spread.value
 
     def evaluate_and_keep_best(self, log, progress) -> None:
         result = self.evaluate()
@@ -465,7 +460,7 @@ class Trainer:
         causes = likely_causes(o.optimizer, o.lr, o.weight_decay, self.total_steps - o.warmup_steps, cfg.head_bias,
                                cfg.distill.kd_weight, self.distilling, warmup_steps=o.warmup_steps,
                                batch_size=o.batch_size * cfg.deepspeed.gradient_accumulation_steps * world_size(),
-                               features_collapsed=bool(self.monitor.features_collapsed))
+                               features_collapsed=self.monitor.features_collapsed)
         lines = [f"This run collapsed ({' and '.join(health['reasons'])}): training BCE "
                  f"{health['final_train_bce']}, label-prior BCE {health['prior_bce']}"
                  + (f", eval mAP {health['final_eval_mAP']:.4f} vs chance {health['chance_mAP']:.4f}"
