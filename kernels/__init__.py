@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .causal_conv1d import causal_conv1d, causal_conv1d_ref, causal_conv1d_torch
 from .cross_scan import cross_merge, cross_merge_ref, cross_scan, cross_scan_ref
 from .linear_scan import linear_scan
 from .selective_scan import (
@@ -27,6 +28,9 @@ _LAZY_TRITON = ("CrossMergeTriton", "CrossScanTriton")
 
 # The lazy Triton names stay out of __all__: a star import must not import Triton.
 __all__ = [
+    "causal_conv1d",
+    "causal_conv1d_ref",
+    "causal_conv1d_torch",
     "cross_merge",
     "cross_merge_ref",
     "cross_scan",
