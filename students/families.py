@@ -73,7 +73,7 @@ AUM_FAMILY = register_family(ModelFamily(
         defaults, num_classes=num_classes, target_length=target_length, **overrides),
     save_folder=hub.save_pretrained, load_folder=hub.load_folder,
     load_weights=lambda model, path, allow_pickle=False: load_aum_weights(model, path, allow_pickle),
-    init_from_released=init_aum_from_released, graph_export=False, any_length=True,
+    init_from_released=init_aum_from_released, graph_export=True, any_length=True,
 ))
 
 SSAMBA_FAMILY = register_family(ModelFamily(

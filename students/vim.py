@@ -144,8 +144,10 @@ def flat_rows(table: torch.Tensor) -> torch.Tensor:
 def resize_bilinear_antialias(rows: torch.Tensor, old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
     """AuM's (timm's ``resample_abs_pos_embed``) resize of patch position rows: one 2-D bilinear
     interpolation with antialiasing over the whole grid."""
-    if tuple(old) == tuple(new):
+    if not torch.compiler.is_compiling() and tuple(old) == tuple(new):
         return rows
+    # A captured graph (torch.export, ONNX) always resizes, so one graph serves every length
+    # (bilinear to the same size is the identity).
     table = F.interpolate(grid_rows(rows.float(), old), size=new, mode="bilinear", antialias=True)
     return flat_rows(table).to(rows.dtype)
 

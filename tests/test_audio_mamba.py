@@ -236,9 +236,10 @@ def test_aum_distils_from_a_cache_resumes_exports_and_predicts(tmp_path, synth_d
     for k in w_full:
         torch.testing.assert_close(w_res[k], w_full[k], rtol=1e-5, atol=1e-6)
 
-    report = export_run(tmp_path / "full", tmp_path / "export")
-    assert report.family == "aum" and report.max_abs_diff < 1e-5
-    assert {c.frames for c in report.checks} >= {150, 376}  # another length through the resized positions
+    report = export_run(tmp_path / "full", tmp_path / "export", formats=["onnx", "pt2"])
+    assert report.family == "aum" and report.max_abs_diff < 1e-4
+    # one captured graph serves other lengths: the position resize is part of it
+    assert {(c.format, c.frames) for c in report.checks} >= {(f, n) for f in ("hf", "onnx", "pt2") for n in (150, 376)}
     from dass_distill.data.manifest import load_manifest
 
     wav = load_manifest(synth_data["eval_manifest"]).clips[0].path
@@ -260,6 +261,8 @@ def test_ssamba_fine_tunes_from_a_pretrained_checkpoint_with_kd(tmp_path, synth_
                                                **{"optim.max_steps": 2, "pretrained": ckpt})))
     assert summary["steps"] == 2 and summary["distilled"]
     export_run(tmp_path / "run", tmp_path / "export")
+    with pytest.raises(UserError, match="not available for ssamba"):
+        export_run(tmp_path / "run", tmp_path / "export2", formats=["onnx"])
     tagger = load_tagger(tmp_path / "export")
     assert tagger.kind == "ssamba" and tagger.module.config.grid() == (12, 14)
     from dass_distill.data.manifest import load_manifest

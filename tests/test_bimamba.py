@@ -135,3 +135,23 @@ def test_mixer_parameter_names_and_init():
     assert m.D._no_weight_decay and m.A_b_log._no_weight_decay
     with pytest.raises(ValueError, match="variant"):
         BiMamba(8, variant="v2")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_mixer_on_cuda_matches_the_cpu_path(variant):
+    """On CUDA the mixer runs mamba-ssm's scan and causal-conv1d (when installed, else the torch
+    path): forward and gradients equal the CPU path's within fp32 tolerance."""
+    m = _perturbed(variant, d_model=64)
+    x = torch.randn(2, 257, 64, requires_grad=True)
+    y = m(x)
+    y.pow(2).sum().backward()
+    cpu_grads = [x.grad.clone(), *(p.grad.clone() for p in m.parameters())]
+    mc = m.cuda()
+    mc.zero_grad()
+    xc = x.detach().cuda().requires_grad_()
+    yc = mc(xc)
+    yc.pow(2).sum().backward()
+    assert _rel(yc.cpu(), y) < 1e-4
+    for g, gc in zip(cpu_grads, [xc.grad, *(p.grad for p in mc.parameters())]):
+        assert _rel(gc.cpu(), g) < 1e-3
