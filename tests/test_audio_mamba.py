@@ -276,3 +276,49 @@ def _weights(run):
 
     tag = (run / "checkpoints" / "latest").read_text().strip()
     return consolidated_state_dict(run / "checkpoints", tag)
+
+
+def test_bf16_training_keeps_the_scan_constants_in_fp32(tmp_path, synth_data, ast_cache):
+    """Under DeepSpeed bf16 the mixers compute A, D and the dt bias in fp32 (as DASS); the run's
+    losses are finite and the consolidated weights come back fp32."""
+    from dass_distill.training.checkpoint import load_trained_model
+    from dass_distill.training.config import load_config
+    from dass_distill.training.loop import train
+
+    over = _student(synth_data, tmp_path / "bf16", "aum_tiny", ast_cache,
+                    **{"deepspeed.precision": "bf16", "optim.max_steps": 2, "data.eval": "null"})
+    summary = train(load_config(None, over))
+    assert summary["steps"] == 2
+    losses = [float(r.split(",")[-1]) for r in (tmp_path / "bf16" / "metrics.csv").read_text().splitlines()
+              if ",train,loss," in r]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    model, *_ = load_trained_model(tmp_path / "bf16")
+    assert all(p.dtype == torch.float32 for p in model.module.parameters())
+
+
+def test_released_checkpoint_to_a_folder_that_tags_audio(tmp_path, synth_data):
+    """The README's path for a released checkpoint: load it, write a model folder with the label
+    list, tag a file with `dass-distill predict` on CPU; the scores are the reference's."""
+    from dass_distill.data.audio import read_audio
+    from dass_distill.data.manifest import LabelMap, load_manifest
+    from dass_distill.frontend import KaldiFbank
+    from dass_distill.students import save_pretrained
+    from helpers import cli
+
+    from pathlib import Path
+
+    labels = LabelMap.from_csv(Path(synth_data["train_manifest"]).parent / "class_labels_indices.csv")
+    state = aum_checkpoint(D, 2, "fo-bi", (8, 9), num_classes=len(labels))  # 150 frames: grid 8 x 9
+    torch.save(state, tmp_path / "aum.pth")
+    model = load_weights(create_model("aum_base", num_classes=len(labels), target_length=150, embed_dim=D, depth=2),
+                         tmp_path / "aum.pth")
+    fe = KaldiFbank(target_length=150)
+    save_pretrained(model, tmp_path / "aum_folder", fe, list(labels.ids), list(labels.names))
+    wav = load_manifest(synth_data["eval_manifest"]).clips[0].path
+    out = tmp_path / "tags.json"
+    cli("predict", tmp_path / "aum_folder", wav, "--top-k", 3, "--output", out)
+    import json
+
+    top = json.loads(out.read_text())[str(wav)][0]
+    ref = torch.sigmoid(aum_forward(_plain(state), fe.one(read_audio(wav, 16000))[None].double(), "fo-bi"))[0]
+    assert top["label"] == labels.names[int(ref.argmax())] and abs(top["score"] - ref.max().item()) < 1e-4
