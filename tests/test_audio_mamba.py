@@ -299,13 +299,14 @@ def test_bf16_training_keeps_the_scan_constants_in_fp32(tmp_path, synth_data, as
 def test_released_checkpoint_to_a_folder_that_tags_audio(tmp_path, synth_data):
     """The README's path for a released checkpoint: load it, write a model folder with the label
     list, tag a file with `dass-distill predict` on CPU; the scores are the reference's."""
-    from dass_distill.data.audio import read_audio
-    from dass_distill.data.manifest import LabelMap, load_manifest
-    from dass_distill.frontend import KaldiFbank
+    from pathlib import Path
+
     from dass_distill.students import save_pretrained
     from helpers import cli
 
-    from pathlib import Path
+    from dass_distill.data.audio import read_audio
+    from dass_distill.data.manifest import LabelMap, load_manifest
+    from dass_distill.frontend import KaldiFbank
 
     labels = LabelMap.from_csv(Path(synth_data["train_manifest"]).parent / "class_labels_indices.csv")
     state = aum_checkpoint(D, 2, "fo-bi", (8, 9), num_classes=len(labels))  # 150 frames: grid 8 x 9
