@@ -24,16 +24,17 @@ def test_demo_fast_runs_whole_chain(tmp_path):
 
 @pytest.mark.slow
 def test_demo_holds_the_readme_claim(tmp_path):
-    """The full demo (seed 0, about 8 minutes on 2 cores): the README reports, for seed 0,
-    teacher 0.66, KD 0.69, no KD 0.73 (KD from this from-scratch teacher gains nothing on
-    average over seeds 0-2); asserted loosely here (machines differ in the last bits)."""
+    """The full demo (seed 0, about 15 minutes on 2 cores): the README reports, for seed 0,
+    teacher 0.83, student with KD 0.76, without KD 0.71 (the teacher learned from 4x the
+    students' labelled clips); asserted loosely here (machines differ in the last bits)."""
     from dass_distill.demo import run_demo
 
     summary = run_demo(tmp_path / "work", seed=0)
     r = {k: v["mAP"] for k, v in summary["results"].items()}
-    assert r["teacher (AST)"] >= 0.50
-    assert r["student with KD (DASS)"] >= 0.55 and r["student without KD (DASS)"] >= 0.55
-    assert r["student with KD (DASS)"] >= r["student without KD (DASS)"] - 0.1  # KD must not drag it down
+    assert r["teacher (AST)"] >= 0.70
+    assert r["student with KD (DASS)"] >= 0.60 and r["student without KD (DASS)"] >= 0.60
+    assert r["student with KD (DASS)"] >= r["student without KD (DASS)"]  # KD adds what the labels lack
+    assert r["teacher (AST)"] >= r["student with KD (DASS)"]
     assert min(r.values()) > summary["chance_mAP"] + 0.1
     assert not any(h["collapsed"] for h in summary["health"].values())
     example = summary["example_prediction"]  # a clip the teacher gets right, and the student too
