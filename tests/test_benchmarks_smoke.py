@@ -23,3 +23,24 @@ def test_benchmark_runs(tmp_path, script):
     results = json.loads(next(tmp_path.rglob("results.json")).read_text())
     assert results["seeds"] == [0] and len(results["rows"]) >= 5
     assert all(0.0 <= v <= 1.0 for row in results["rows"] for v in row["mAP"])
+
+
+def _bench(*args: str) -> str:
+    from helpers import clean_env
+
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=900,
+                          env={**clean_env(), "DS_ACCELERATOR": "cpu", "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_audio_mamba_cpu_benchmarks_run():
+    """The issue-16 CPU benchmarks on small shapes: the d_state-16 scan against its sequential
+    reference, and the Audio Mamba students' forward next to DASS-small and AST-base."""
+    out = _bench(str(BENCH / "bench_selective_scan.py"), "--batch", "1", "--dim", "64", "--length", "96",
+                 "--d-state", "16", "--groups", "2", "--scan-length", "0", "--repeats", "1", "--threads", "2")
+    assert "selective_scan_fused_cpu  fwd" in out and "N 16, G 2" in out
+    out = _bench(str(BENCH / "bench_student_cpu.py"), "--models", "aum_tiny", "ssamba_tiny", "--seconds", "2",
+                 "--repeats", "1")
+    assert "aum_tiny" in out and "ssamba_tiny" in out and "ast_base" in out
