@@ -24,7 +24,7 @@ class AudioMambaConfig:
     """Architecture of an Audio Mamba student (the keys of an exported ``config.json``).
 
     ``target_length`` and the strides fix the grid the position table was trained for;
-    other lengths resize it (see each model's ``resize_pos_embed``).
+    other lengths resize it (see each model's ``positions``).
     """
 
     embed_dim: int = 384
