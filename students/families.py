@@ -65,12 +65,16 @@ register_alias("dass", "dass_small")
 
 
 # --------------------------------------------------------------------------- Audio Mamba
+def _audio_mamba_config(defaults: AudioMambaConfig, num_classes: int, target_length: int,
+                        overrides: dict) -> AudioMambaConfig:
+    return dataclasses.replace(defaults, num_classes=num_classes, target_length=target_length, **overrides)
+
+
 AUM_FAMILY = register_family(ModelFamily(
     name="aum", model_type="aum", description="student (AuM, bidirectional Mamba over patches)",
     config_class=AudioMambaConfig, model_class=AuM,
     options=("variant", "depth", "embed_dim", "fstride", "tstride", "drop_path_rate", "drop_rate", "d_state"),
-    make_config=lambda defaults, num_classes, target_length, overrides: dataclasses.replace(
-        defaults, num_classes=num_classes, target_length=target_length, **overrides),
+    make_config=_audio_mamba_config,
     save_folder=hub.save_pretrained, load_folder=hub.load_folder,
     load_weights=lambda model, path, allow_pickle=False: load_aum_weights(model, path, allow_pickle),
     init_from_released=init_aum_from_released, graph_export=True, any_length=True,
@@ -80,8 +84,7 @@ SSAMBA_FAMILY = register_family(ModelFamily(
     name="ssamba", model_type="ssamba", description="student (SSAMBA, self-supervised audio Mamba)",
     config_class=AudioMambaConfig, model_class=SSAMBA,
     options=("head", "depth", "embed_dim", "fstride", "tstride", "drop_path_rate", "drop_rate", "d_state"),
-    make_config=lambda defaults, num_classes, target_length, overrides: check_ssamba_config(dataclasses.replace(
-        defaults, num_classes=num_classes, target_length=target_length, **overrides)),
+    make_config=lambda *args: check_ssamba_config(_audio_mamba_config(*args)),
     save_folder=hub.save_pretrained, load_folder=hub.load_folder,
     load_weights=lambda model, path, allow_pickle=False: load_ssamba_weights(model, path, allow_pickle),
     init_from_released=init_ssamba_from_released, graph_export=False, any_length=True,
