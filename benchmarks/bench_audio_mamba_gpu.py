@@ -124,7 +124,8 @@ def main() -> None:
             base = results.get("mamba-ssm", (None,))[0]
             for path, (t, mem) in results.items():
                 ratio = f"{t / base:.2f}x" if base else "-"
-                table.add_row(name, f"{seconds:g} s", path, f"{t * 1e3:.1f}", f"{args.batch / t:.0f}", f"{mem:.1f}", ratio)
+                table.add_row(name, f"{seconds:g} s", path, f"{t * 1e3:.1f}", f"{args.batch / t:.0f}",
+                              f"{mem:.1f}", ratio)
             del model, x
             torch.cuda.empty_cache()
     console.print(table)

@@ -31,7 +31,8 @@ _ACTIVATIONS = (None, "silu", "swish")
 
 def _check(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None) -> None:
     if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
-        raise ValueError(f"x must be (batch, dim, L) and weight (dim, width), got {tuple(x.shape)} and {tuple(weight.shape)}")
+        raise ValueError(f"x must be (batch, dim, L) and weight (dim, width), "
+                         f"got {tuple(x.shape)} and {tuple(weight.shape)}")
     if bias is not None and bias.shape != (x.shape[1],):
         raise ValueError(f"bias must be (dim={x.shape[1]},), got {tuple(bias.shape)}")
     if activation not in _ACTIVATIONS:

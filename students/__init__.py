@@ -20,6 +20,7 @@ from .vim import AudioMambaConfig
 
 __all__ = [
     "AudioMambaConfig", "AuM", "BiMamba", "CNNBaseline", "CNNConfig", "DASS", "DassConfig", "ModelFamily",
-    "ModelFolderError", "SSAMBA", "checkpoint_filter_fn", "create_model", "families", "family_of", "from_pretrained", "init_from_vmamba", "list_models", "load_config",
-    "load_dass_weights", "load_feature_extractor", "load_weights", "model_config", "save_pretrained",
+    "ModelFolderError", "SSAMBA", "checkpoint_filter_fn", "create_model", "families", "family_of",
+    "from_pretrained", "init_from_vmamba", "list_models", "load_config", "load_dass_weights",
+    "load_feature_extractor", "load_weights", "model_config", "save_pretrained",
 ]

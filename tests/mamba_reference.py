@@ -100,7 +100,8 @@ def aum_forward(p: dict, fbank: torch.Tensor, variant: str, fstride: int = 16, t
     return out @ p["head.weight"].T + p["head.bias"]
 
 
-def ssamba_forward(p: dict, fbank: torch.Tensor, head: str = "avgtok", fstride: int = 10, tstride: int = 10) -> torch.Tensor:
+def ssamba_forward(p: dict, fbank: torch.Tensor, head: str = "avgtok", fstride: int = 10,
+                   tstride: int = 10) -> torch.Tensor:
     """SSAMBA (fine-tuning model) on a (B, T, F) fbank whose grid matches the position table."""
     v = "v."
     depth = 1 + max(int(k.split(".")[2]) for k in p if k.startswith("v.layers."))
