@@ -13,16 +13,8 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, trunc_normal_
 
-from .vim import (
-    AudioMambaConfig,
-    MambaBlock,
-    PatchEmbed,
-    init_head,
-    init_patch_embed,
-    init_vim_weights,
-    layer_drop_rates,
-    resize_bilinear_antialias,
-)
+from .vim import (AudioMambaConfig, PatchEmbed, init_head, init_patch_embed, init_vim_weights, mamba_layers,
+                  resize_bilinear_antialias)
 
 
 class PosEmbed(nn.Module):
@@ -46,9 +38,7 @@ class AuM(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.pos_embed = PosEmbed(1 + self.grid[0] * self.grid[1], D)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        rates = layer_drop_rates(cfg)
-        self.layers = nn.ModuleList(MambaBlock(cfg, nn.RMSNorm(D, eps=cfg.norm_eps), rates[i], residual_in_fp32=True)
-                                    for i in range(cfg.depth))
+        self.layers = mamba_layers(cfg, nn.RMSNorm, residual_in_fp32=True)
         self.drop_path = DropPath(cfg.drop_path_rate) if cfg.drop_path_rate > 0 else nn.Identity()
         self.norm_f = nn.RMSNorm(D, eps=cfg.norm_eps)
         self.num_features = D

@@ -25,9 +25,12 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
+
 from dass_distill.kernels.causal_conv1d import causal_conv1d
 from dass_distill.kernels.selective_scan import selective_scan
-from torch import Tensor
+
+from .layers import init_A_log_, init_dt_bias_
 
 Variant = Literal["fo-fo", "fo-bi", "bi-bi"]
 VARIANTS: dict[str, str] = {"fo-fo": "none", "fo-bi": "v1", "bi-bi": "v2"}  # ours -> the fork's bimamba_type
@@ -93,11 +96,9 @@ class BiMamba(nn.Module):
         std = self.dt_rank**-0.5 * dt_scale
         for dt_proj, A_log, D in self._ssm_params():
             dt_proj.weight.uniform_(-std, std)
-            dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-            dt = dt.clamp(min=floor)
-            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            init_dt_bias_(dt_proj.bias, dt_min, dt_max, floor)
             dt_proj.bias._no_reinit = True  # model-level inits leave it alone (mamba-ssm's flag)
-            A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(A_log))
+            init_A_log_(A_log)
             D.fill_(1.0)
             for p in (A_log, D):
                 p._no_weight_decay = True  # the recurrence's own constants (mamba-ssm)

@@ -1,6 +1,9 @@
-"""Small reusable layers of the VMamba / DASS student (channel-first layout)."""
+"""Small reusable layers of the VMamba / DASS student (channel-first layout), and Mamba's
+initialisation of the selective scan's constants, shared by SS2D and the bidirectional mixer."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -39,3 +42,18 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+@torch.no_grad()
+def init_dt_bias_(bias: torch.Tensor, dt_min: float, dt_max: float, floor: float) -> None:
+    """Mamba's dt init: dt ~ logUniform[dt_min, dt_max] (clamped at ``floor``), stored as its
+    inverse softplus so that ``softplus(bias) = dt``."""
+    dt = torch.exp(torch.rand_like(bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=floor)
+    bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
+@torch.no_grad()
+def init_A_log_(A_log: torch.Tensor) -> None:
+    """A = -(1..N) for every channel: ``A_log[d, n] = log(n + 1)``."""
+    A_log.copy_(torch.log(torch.arange(1, A_log.shape[-1] + 1, dtype=torch.float32)).expand_as(A_log))

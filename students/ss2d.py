@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from dass_distill.kernels import cross_merge, cross_scan, selective_scan
 
-from .layers import LayerNorm2d, Linear2d
+from .layers import LayerNorm2d, Linear2d, init_A_log_, init_dt_bias_
 
 NUM_DIRECTIONS = 4
 
@@ -69,11 +69,8 @@ class SS2D(nn.Module):
         bound = self.d_inner**-0.5
         self.x_proj_weight.uniform_(-bound, bound)
         self.dt_projs_weight.uniform_(-(self.dt_rank**-0.5), self.dt_rank**-0.5)
-        dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=floor)
-        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        A = torch.arange(1, self.d_state + 1, dtype=torch.float32).repeat(self.A_logs.shape[0], 1)
-        self.A_logs.copy_(torch.log(A))
+        init_dt_bias_(self.dt_projs_bias, dt_min, dt_max, floor)
+        init_A_log_(self.A_logs)
         self.Ds.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

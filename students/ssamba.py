@@ -15,14 +15,7 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, trunc_normal_
 
-from .vim import (
-    AudioMambaConfig,
-    MambaBlock,
-    PatchEmbed,
-    init_vim_weights,
-    layer_drop_rates,
-    resize_crop_or_interpolate,
-)
+from .vim import AudioMambaConfig, PatchEmbed, init_vim_weights, mamba_layers, resize_crop_or_interpolate
 
 HEADS = ("avgtok", "cls")
 
@@ -49,9 +42,7 @@ class VimBackbone(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], D))
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        rates = layer_drop_rates(cfg)
-        self.layers = nn.ModuleList(MambaBlock(cfg, nn.LayerNorm(D, eps=cfg.norm_eps), rates[i], residual_in_fp32=False)
-                                    for i in range(cfg.depth))
+        self.layers = mamba_layers(cfg, nn.LayerNorm, residual_in_fp32=False)
         self.drop_path = DropPath(cfg.drop_path_rate) if cfg.drop_path_rate > 0 else nn.Identity()
         self.norm_f = nn.LayerNorm(D, eps=cfg.norm_eps)
         trunc_normal_(self.cls_token, std=0.02)

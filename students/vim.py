@@ -103,6 +103,13 @@ class MambaBlock(nn.Module):
         return self.mixer(hidden), residual
 
 
+def mamba_layers(cfg: AudioMambaConfig, norm: type[nn.Module], residual_in_fp32: bool) -> nn.ModuleList:
+    """``cfg.depth`` blocks, each with its own ``norm(embed_dim, eps)`` and ViM's drop-path rate."""
+    rates = layer_drop_rates(cfg)
+    return nn.ModuleList(MambaBlock(cfg, norm(cfg.embed_dim, eps=cfg.norm_eps), rates[i], residual_in_fp32)
+                         for i in range(cfg.depth))
+
+
 def layer_drop_rates(cfg: AudioMambaConfig) -> list[float]:
     """ViM's per-layer drop-path rates: layer 0 none, layer i ``linspace(0, rate, depth)[i - 1]``."""
     steps = max(cfg.depth - 1, 1)

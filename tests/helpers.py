@@ -46,3 +46,11 @@ def base_overrides(synth_data, out: Path, **extra) -> list[str]:
         **extra,
     }
     return [f"{k}={v}" for k, v in items.items()]
+
+
+def latest_weights(run: Path) -> dict:
+    """The consolidated state dict of a training run's latest checkpoint."""
+    from dass_distill.training.checkpoint import consolidated_state_dict
+
+    tag = (run / "checkpoints" / "latest").read_text().strip()
+    return consolidated_state_dict(run / "checkpoints", tag)

@@ -217,7 +217,7 @@ def _student(synth_data, out, model, cache, **extra):
 
 
 def test_aum_distils_from_a_cache_resumes_exports_and_predicts(tmp_path, synth_data, ast_cache):
-    from helpers import cli
+    from helpers import cli, latest_weights
 
     from dass_distill.export import export_run
     from dass_distill.training.config import load_config
@@ -231,7 +231,7 @@ def test_aum_distils_from_a_cache_resumes_exports_and_predicts(tmp_path, synth_d
                                                                                 "save_every": 2})
     train(load_config(None, stop + ["optim.max_steps=2"]))
     assert train(load_config(None, stop + ["optim.max_steps=4"]))["steps"] == 4
-    w_full, w_res = _weights(tmp_path / "full"), _weights(tmp_path / "resumed")
+    w_full, w_res = latest_weights(tmp_path / "full"), latest_weights(tmp_path / "resumed")
     assert "layers.1.mixer.A_b_log" in w_full and "layers.1.mixer.D_b" not in w_full  # Fo-Bi
     for k in w_full:
         torch.testing.assert_close(w_res[k], w_full[k], rtol=1e-5, atol=1e-6)
@@ -269,13 +269,6 @@ def test_ssamba_fine_tunes_from_a_pretrained_checkpoint_with_kd(tmp_path, synth_
 
     tags = tagger.tag_file(load_manifest(synth_data["eval_manifest"]).clips[0].path, top_k=3)
     assert len(tags) == 3 and all(0 <= s <= 1 for _, s in tags)
-
-
-def _weights(run):
-    from dass_distill.training.checkpoint import consolidated_state_dict
-
-    tag = (run / "checkpoints" / "latest").read_text().strip()
-    return consolidated_state_dict(run / "checkpoints", tag)
 
 
 def test_bf16_training_keeps_the_scan_constants_in_fp32(tmp_path, synth_data, ast_cache):

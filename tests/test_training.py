@@ -12,7 +12,7 @@ from dass_distill.errors import UserError
 from dass_distill.training.config import load_config
 from dass_distill.training.schedule import lr_factor
 from dass_distill.training.sampler import ResumableSampler
-from helpers import base_overrides
+from helpers import base_overrides, latest_weights
 
 
 # ------------------------------------------------------------------ config
@@ -104,8 +104,8 @@ def test_train_with_cache_resume_and_export(tmp_path, synth_data):
     train(load_config(None, stop + ["optim.max_steps=6"]))
     resumed = train(load_config(None, stop))
     assert resumed["steps"] == 12
-    w_full = _weights(tmp_path / "full")
-    w_res = _weights(tmp_path / "resumed")
+    w_full = latest_weights(tmp_path / "full")
+    w_res = latest_weights(tmp_path / "resumed")
     for k in w_full:
         torch.testing.assert_close(w_res[k], w_full[k], rtol=1e-5, atol=1e-6)
 
@@ -120,13 +120,6 @@ def test_train_with_cache_resume_and_export(tmp_path, synth_data):
     assert (tmp_path / "student_export" / "README.md").read_text().count("distilled") >= 1
     tags = load_tagger(tmp_path / "student_export").tag_file(manifest.clips[0].path, top_k=3)
     assert len(tags) == 3 and all(0.0 <= s <= 1.0 for _, s in tags)
-
-
-def _weights(run: Path) -> dict:
-    from dass_distill.training.checkpoint import consolidated_state_dict
-
-    tag = (run / "checkpoints" / "latest").read_text().strip()
-    return consolidated_state_dict(run / "checkpoints", tag)
 
 
 def test_zero2_bf16_checkpoint_consolidates(tmp_path, synth_data):
