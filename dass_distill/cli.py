@@ -246,18 +246,50 @@ def train(
     One process on CPU; with several GPUs (or --procs N, or --hostfile) the command re-runs
     itself under the deepspeed launcher, one process per GPU, on every host of the hostfile.
     """
+    from dass_distill.training.config import TrainConfig
+    from dass_distill.training.loop import train as run_training
+
+    summary = _launch(ctx, config, model, output_dir, hostfile, procs, TrainConfig, run_training)
+    console.print(reports.training_done_line(summary))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@user_errors
+def pretrain(
+    ctx: typer.Context,
+    config: Annotated[Optional[Path], typer.Option(help="pretraining config YAML")] = None,
+    model: Annotated[Optional[str], typer.Option(help="patch-token student (ssamba_tiny, aum_small, ...); "
+                                                      "overrides the config")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option(help="run folder; overrides the config")] = None,
+    hostfile: Annotated[Optional[Path], typer.Option(help="DeepSpeed hostfile for multi-node training")] = None,
+    procs: Annotated[Optional[int], typer.Option(
+        help="processes on this machine (default: one per GPU, else 1)")] = None,
+) -> None:
+    """Self-supervised masked-patch pretraining (SSAST / SSAMBA) of an AuM or SSAMBA student on
+    unlabelled audio. Extra KEY=VALUE args override the config; fine-tune the run with
+    ``train pretrained=RUN``.
+    """
+    from dass_distill.training.config import PretrainConfig
+    from dass_distill.training.pretrain import pretrain as run_pretraining
+
+    summary = _launch(ctx, config, model, output_dir, hostfile, procs, PretrainConfig, run_pretraining)
+    console.print(reports.pretraining_done_line(summary))
+
+
+def _launch(ctx, config, model, output_dir, hostfile, procs, schema, run) -> dict:
+    """Load the config (file + overrides), relaunch under the deepspeed launcher when several
+    processes are asked for, and run."""
     _quiet_libraries()
     from dass_distill.errors import UserError
     from dass_distill.training.config import load_config
     from dass_distill.training.distributed import launched_by_launcher, relaunch_with_deepspeed
-    from dass_distill.training.loop import train as run_training
 
     overrides = list(ctx.args)
     if model:
         overrides.append(f"model={model}")
     if output_dir:
         overrides.append(f"output_dir={output_dir}")
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides, schema)
     if procs is not None and procs < 1:
         raise UserError(f"--procs must be at least 1, got {procs}")
     if hostfile is not None and not hostfile.is_file():
@@ -266,8 +298,7 @@ def train(
     if not launched_by_launcher() and (n_proc > 1 or hostfile is not None):
         relaunch_with_deepspeed(_without_option(sys.argv[1:], "--procs"), max(1, n_proc),
                                 str(hostfile) if hostfile else None)
-    summary = run_training(cfg)
-    console.print(reports.training_done_line(summary))
+    return run(cfg)
 
 
 def _gpu_count() -> int:

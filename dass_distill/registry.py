@@ -42,7 +42,9 @@ class ModelFamily:
     ``(model, front_end, label_ids, label_names, config_dict)``;
     ``load_weights(model, path, allow_pickle)`` loads a released checkpoint strictly;
     ``init_from_released(model, path, label_ids, allow_pickle) -> bool`` starts a training
-    run from one (True when the head was loaded too, False when it is new).
+    run from one (True when the head was loaded too, False when it is new);
+    ``init_from_pretraining(model, state, source) -> bool`` does the same from the weights of a
+    masked-patch pretraining run (``dass-distill pretrain``; None: the family cannot be pretrained).
     """
 
     name: str
@@ -59,6 +61,7 @@ class ModelFamily:
     load_folder: Callable[[Path], tuple] | None = None
     load_weights: Callable[..., nn.Module] | None = None
     init_from_released: Callable[..., bool] | None = None
+    init_from_pretraining: Callable[..., bool] | None = None
     graph_export: bool = False  # ONNX / torch.export capture works (pure-torch path)
     any_length: bool = True  # takes any number of frames (no fixed position table)
 

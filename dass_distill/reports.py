@@ -168,6 +168,13 @@ def training_done_line(summary: dict) -> Text:
     return line(f"done: {summary['steps']} steps; run folder {summary['output_dir']}")
 
 
+def pretraining_done_line(summary: dict) -> Text:
+    ev = (summary["health"] or {}).get("final_eval") or {}
+    shown = ", ".join(f"{k} {ev[k]:.4f}" for k in ("nce", "acc", "mse") if k in ev)
+    return line(f"done: {summary['steps']} pretraining steps" + (f", eval {shown}" if shown else "")
+                + f"; run folder {summary['output_dir']}")
+
+
 def export_table(report) -> Table:
     """``export``: each artefact's check."""
     t = table(f"exported {report.family} model (checkpoint '{report.tag}') to {report.folder}",

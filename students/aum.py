@@ -61,13 +61,16 @@ class AuM(nn.Module):
         table = self.pos_embed.pos_embed
         return torch.cat([table[:, :1], resize_bilinear_antialias(table[:, 1:], self.grid, grid)], dim=1)
 
-    def forward_features(self, fbank: torch.Tensor) -> torch.Tensor:
-        """(B, T, F) -> (B, D): the normalised class token."""
-        x, grid = self.patch_embed(fbank)
-        B, N, _ = x.shape
+    def patchify(self, fbank: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, T, F) -> (B, N, D) patch tokens (before positions) and their (F, T) grid."""
+        return self.patch_embed(fbank)
+
+    def encode(self, tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """(B, N, D) patch tokens -> the (B, N + 1, D) normalised sequence and the class token's index."""
+        B, N, _ = tokens.shape
         pos = self.positions(grid)
         # The class token takes row 0 of the table but sits at N // 2 in the sequence.
-        x = x + pos[:, 1:]
+        x = tokens + pos[:, 1:]
         cls = (self.cls_token + pos[:, :1]).expand(B, -1, -1)
         middle = N // 2
         hidden = self.pos_drop(torch.cat([x[:, :middle], cls, x[:, middle:]], dim=1))
@@ -75,7 +78,16 @@ class AuM(nn.Module):
         for layer in self.layers:
             hidden, residual = layer(hidden, residual)
         residual = residual + self.drop_path(hidden)
-        hidden = self.norm_f(residual.to(self.norm_f.weight.dtype))
+        return self.norm_f(residual.to(self.norm_f.weight.dtype)), middle
+
+    def encode_patches(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, N, D) patch tokens -> (B, N, D) outputs at the patches (the class token left out)."""
+        hidden, middle = self.encode(tokens, grid)
+        return torch.cat([hidden[:, :middle], hidden[:, middle + 1:]], dim=1)
+
+    def forward_features(self, fbank: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) -> (B, D): the normalised class token."""
+        hidden, middle = self.encode(*self.patch_embed(fbank))
         return hidden[:, middle]
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,9 @@
   does: the same patch projection at the fine-tuning stride, positions resized by the SSAST
   recipe (centre crop or bilinear, time then frequency), a new head.
 
+A masked-patch pretraining run of this toolkit (``dass-distill pretrain``) initialises either
+family the same way (:func:`init_from_pretraining`).
+
 Files are read through :mod:`dass_distill.checkpoint_files` (safe loading, one-line errors).
 """
 
@@ -30,6 +33,7 @@ from dass_distill.checkpoint_files import (
 )
 
 from .aum import AuM
+from .masked_patches import split_pretraining_state
 from .ssamba import SSAMBA
 from .vim import resize_bilinear_antialias, resize_crop_or_interpolate
 
@@ -146,4 +150,29 @@ def init_ssamba_from_released(model: SSAMBA, path: str | Path, label_ids: list[s
         return True
     state = {k: v for k, v in state.items() if not k.startswith(SSAMBA_HEAD)}
     load_strict(model, state, SSAMBA_OWNER, path, allow_missing=(SSAMBA_HEAD,))
+    return False
+
+
+def init_from_pretraining(model: AuM | SSAMBA, state: dict[str, torch.Tensor], source: str | Path) -> bool:
+    """Start fine-tuning from a masked-patch pretraining state (``dass-distill pretrain``) of the same
+    family: the encoder's weights, the positions fitted to the model's grid (as the family resizes
+    them), a new head. Returns False (the head is new)."""
+    try:
+        encoder, (fdim, tdim) = split_pretraining_state(state)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    if isinstance(model, SSAMBA):
+        owner, key, grid, resize, head = SSAMBA_OWNER, "v.pos_embed", model.v.grid, resize_crop_or_interpolate, \
+            SSAMBA_HEAD
+        kernel_key = "v.patch_embed.proj.weight"
+    else:
+        owner, key, grid, resize, head = AUM_OWNER, "pos_embed.pos_embed", model.grid, resize_bilinear_antialias, \
+            AUM_HEAD
+        kernel_key = "patch_embed.proj.weight"
+    if kernel_key not in encoder:
+        raise CheckpointError(f"{owner}: {source} was pretrained with another model family (no '{kernel_key}')")
+    k_f, k_t = encoder[kernel_key].shape[-2:]  # pretraining patches do not overlap: stride = kernel
+    source_grid = ((fdim - k_f) // k_f + 1, (tdim - k_t) // k_t + 1)
+    _fit_positions(encoder, key, grid, resize, owner, Path(source), source_grid)
+    load_strict(model, encoder, owner, source, allow_missing=(head,))
     return False

@@ -14,8 +14,8 @@ from dass_distill.registry import ModelFamily, register_alias, register_family, 
 from . import hub
 from .aum import AuM
 from .cnn import CNNBaseline, CNNConfig
-from .convert_audio_mamba import (init_aum_from_released, init_ssamba_from_released, load_aum_weights,
-                                  load_ssamba_weights)
+from .convert_audio_mamba import (init_aum_from_released, init_from_pretraining, init_ssamba_from_released,
+                                  load_aum_weights, load_ssamba_weights)
 from .convert_dass import init_dass_from_released, load_dass_weights
 from .dass import DASS, DassConfig
 from .ssamba import SSAMBA
@@ -77,7 +77,8 @@ AUM_FAMILY = register_family(ModelFamily(
     make_config=_audio_mamba_config,
     save_folder=hub.save_pretrained, load_folder=hub.load_folder,
     load_weights=lambda model, path, allow_pickle=False: load_aum_weights(model, path, allow_pickle),
-    init_from_released=init_aum_from_released, graph_export=True, any_length=True,
+    init_from_released=init_aum_from_released, init_from_pretraining=init_from_pretraining,
+    graph_export=True, any_length=True,
 ))
 
 SSAMBA_FAMILY = register_family(ModelFamily(
@@ -87,7 +88,8 @@ SSAMBA_FAMILY = register_family(ModelFamily(
     make_config=lambda *args: check_ssamba_config(_audio_mamba_config(*args)),
     save_folder=hub.save_pretrained, load_folder=hub.load_folder,
     load_weights=lambda model, path, allow_pickle=False: load_ssamba_weights(model, path, allow_pickle),
-    init_from_released=init_ssamba_from_released, graph_export=False, any_length=True,
+    init_from_released=init_ssamba_from_released, init_from_pretraining=init_from_pretraining,
+    graph_export=False, any_length=True,
 ))
 
 

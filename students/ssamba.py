@@ -89,6 +89,14 @@ class SSAMBA(nn.Module):
         return {"v.cls_token", "v.pos_embed"} | {
             n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
 
+    def patchify(self, fbank: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, T, F) -> (B, N, D) patch tokens (before positions) and their (F, T) grid."""
+        return self.v.patch_embed(fbank)
+
+    def encode_patches(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, N, D) patch tokens -> (B, N, D) outputs at the patches (the class token left out)."""
+        return self.v.encode(tokens, grid)[:, 1:]
+
     def forward_features(self, fbank: torch.Tensor) -> torch.Tensor:
         """(B, T, F) -> (B, D): the pooled tokens the head reads."""
         x = self.v(fbank)

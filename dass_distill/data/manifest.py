@@ -171,6 +171,48 @@ def load_manifest(path: str | Path, label_map: LabelMap | str | Path | None = No
     return Manifest(clips, label_map, path)
 
 
+#: Audio files a folder given as an audio list contributes (what soundfile reads).
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
+def load_audio_list(path: str | Path) -> Manifest:
+    """Audio without labels, for self-supervised pretraining: a manifest (its labels ignored, no
+    label map needed), a ``.txt`` list of audio paths (one per line, ``#`` comments; relative
+    paths against the list's folder) or a folder (its audio files, recursively, sorted)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        if not files:
+            raise UserError(f"{path} holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
+        entries = [(str(p), None, p.relative_to(path).with_suffix("").as_posix()) for p in files]
+    elif not path.is_file():
+        raise UserError(f"audio list {path} not found")
+    elif path.suffix.lower() == ".txt":
+        lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+        entries = [(line, None, None) for line in lines if line and not line.startswith("#")]
+    elif path.suffix.lower() == ".json":
+        entries = _read_json_entries(path)
+    elif path.suffix.lower() in (".csv", ".tsv"):
+        entries = _read_csv_entries(path, need_labels=False)
+    else:
+        raise UserError(f"audio list {path}: unknown format '{path.suffix}'; use a folder, a .txt list of files, "
+                        f"or a .json / .csv manifest")
+    if not entries:
+        raise UserError(f"audio list {path} is empty: it lists no clips")
+    clips, seen = [], {}
+    for n, (wav, _, clip_id) in enumerate(entries, start=1):
+        audio = Path(wav)
+        if not audio.is_absolute():
+            audio = (path if path.is_dir() else path.parent) / audio
+        cid = clip_id or audio.stem
+        if cid in seen:
+            raise UserError(f"audio list {path}: duplicate clip id '{cid}' ({seen[cid]} and {audio}); "
+                            f"give the files distinct names")
+        seen[cid] = audio
+        clips.append(Clip(cid, audio, ()))
+    return Manifest(clips, LabelMap((), ()), path)
+
+
 def _split_labels(labels: str | Sequence[str] | None) -> list[str]:
     if labels is None:
         return []
@@ -194,15 +236,16 @@ def _read_json_entries(path: Path) -> list[tuple[str, object, str | None]]:
     return out
 
 
-def _read_csv_entries(path: Path) -> list[tuple[str, object, str | None]]:
+def _read_csv_entries(path: Path, need_labels: bool = True) -> list[tuple[str, object, str | None]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         fields = set(reader.fieldnames or [])
         path_col = "path" if "path" in fields else "wav" if "wav" in fields else None
-        if path_col is None or "labels" not in fields:
-            raise UserError(f"manifest {path}: the CSV header needs 'path' (or 'wav') and 'labels' columns")
-        return [(row[path_col], row["labels"], row.get("id") or None) for row in reader]
+        if path_col is None or (need_labels and "labels" not in fields):
+            raise UserError(f"manifest {path}: the CSV header needs 'path' (or 'wav')"
+                            + (" and 'labels' columns" if need_labels else " column"))
+        return [(row[path_col], row.get("labels", ""), row.get("id") or None) for row in reader]
 
 
 def write_json_manifest(path: str | Path, clips: Sequence[Clip], relative_to: Path | None = None) -> None:

@@ -36,6 +36,7 @@ class ModelInfo:
     target_length: int
     label_map: LabelMap
     model_args: dict
+    task: str = "train"  # "pretrain": a masked-patch pretraining run (no classifier)
 
     def save(self, run_dir: Path) -> None:
         doc = {
@@ -44,6 +45,7 @@ class ModelInfo:
             "target_length": self.target_length,
             "label_map": self.label_map.to_dict(),
             "model_args": self.model_args,
+            "task": self.task,
         }
         (run_dir / MODEL_INFO).write_text(json.dumps(doc, indent=2))
 
@@ -53,7 +55,8 @@ class ModelInfo:
         if not path.is_file():
             raise UserError(f"{run_dir} is not a dass-distill training run (no {MODEL_INFO}); pass the train output_dir")
         d = json.loads(path.read_text())
-        return cls(d["name"], d["family"], d["target_length"], LabelMap.from_dict(d["label_map"]), d["model_args"])
+        return cls(d["name"], d["family"], d["target_length"], LabelMap.from_dict(d["label_map"]), d["model_args"],
+                   d.get("task", "train"))
 
     def build(self) -> TrainableModel:
         return build_model(self.name, self.label_map, self.target_length, **self.model_args)
@@ -130,6 +133,9 @@ def load_trained_model(path: Path, tag: str | None = None) -> tuple[TrainableMod
     """Rebuild a trained model from its run folder with the chosen checkpoint's weights."""
     run_dir, ckpt_dir, tag = resolve_checkpoint(path, tag)
     info = ModelInfo.load(run_dir)
+    if info.task == "pretrain":
+        raise UserError(f"{run_dir} is a self-supervised pretraining run: its model has no classifier yet; "
+                        f"fine-tune it first: dass-distill train --model {info.name} pretrained={run_dir} ...")
     model = info.build()
     state = consolidated_state_dict(ckpt_dir, tag)
     missing, unexpected = model.module.load_state_dict(state, strict=False)

@@ -139,6 +139,62 @@ class TrainConfig(_Section):
         return self
 
 
+class PretrainDataConfig(_Section):
+    train: Path = Field(description="audio to pretrain on: a manifest (labels ignored), a .txt list of audio "
+                                    "files (one per line) or a folder of audio files")
+    eval: Path | None = Field(None, description="held-out audio (same forms) for the pretext losses")
+    target_length: int = Field(1024, gt=0, description="frames per clip (10 ms hop); 1024 ~ 10 s")
+    num_workers: int = Field(2, ge=0)
+    memoize_features: bool = Field(False, description="keep computed fbanks in RAM (small datasets only)")
+
+
+class MaskingConfig(_Section):
+    mask_patches: int | None = Field(None, ge=2, description="patches masked per clip (SSAMBA's mask_patch, 300 "
+                                                             "of 512 in its scripts); default: mask_ratio")
+    mask_ratio: float = Field(0.6, gt=0.0, lt=1.0, description="share of the patches masked when mask_patches "
+                                                                "is not set")
+    cluster: bool = Field(True, description="mask squares of 3x3 to 5x5 patches (SSAST); false: single patches")
+    objective: Literal["joint", "nce", "mse"] = Field(
+        "joint", description="joint: InfoNCE and reconstruction, one encoder pass each with its own mask (SSAMBA)")
+    nce_weight: float = Field(1.0, ge=0.0)
+    mse_weight: float = Field(10.0, ge=0.0)
+
+    def count(self, patches: int) -> int:
+        """Patches to mask in a clip of ``patches``."""
+        return self.mask_patches if self.mask_patches is not None else max(2, round(self.mask_ratio * patches))
+
+
+class PretrainConfig(_Section):
+    """``dass-distill pretrain``: self-supervised masked-patch pretraining of a patch-token student."""
+
+    model: str = "ssamba_tiny"
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    output_dir: Path = Path("runs/pretrain")
+    seed: int = 0
+    data: PretrainDataConfig
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    eval_every: int | None = Field(None, gt=0, description="steps between evaluations; default once per epoch")
+    save_every: int | None = Field(None, gt=0, description="steps between checkpoints; default once per epoch")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, gt=0)
+
+    _known_model = field_validator("model")(TrainConfig._known_model.__func__)
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> "PretrainConfig":
+        for label, p in (("data.train", self.data.train), ("data.eval", self.data.eval)):
+            if p is not None and not p.exists():
+                raise ValueError(f"{label}: {p} does not exist")
+        return self
+
+
+#: Config keys that name files, made absolute after validation (relative ones in a file are
+#: relative to the file).
+PATH_KEYS = ("data.train", "data.eval", "data.label_map", "distill.cache", "pretrained")
+
+
 def apply_override(doc: dict, item: str) -> None:
     """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (numbers, lists, null)."""
     key, sep, raw = item.partition("=")
@@ -153,8 +209,9 @@ def apply_override(doc: dict, item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """Read, override and validate a training config; one-line errors for every problem."""
+def load_config(path: str | Path | None, overrides: list[str] = (), schema: type[BaseModel] = TrainConfig):
+    """Read, override and validate a training (or, with ``schema=PretrainConfig``, pretraining)
+    config; one-line errors for every problem."""
     doc: dict = {}
     if path is not None:
         path = Path(path)
@@ -172,7 +229,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         apply_override(doc, item)
     source = str(path) if path is not None else "command line"
     try:
-        cfg = TrainConfig.model_validate(doc)
+        cfg = schema.model_validate(doc)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "config"
@@ -182,10 +239,14 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             msg = f"required; set it in the config file or pass {key} on the command line"
         raise UserError(f"{source}: {where}: {msg}") from None
     # The resolved config written beside the checkpoints must not depend on the cwd.
-    d = cfg.data
-    d.train, d.eval, d.label_map = (p.absolute() if p is not None else None for p in (d.train, d.eval, d.label_map))
-    cfg.distill.cache = cfg.distill.cache.absolute() if cfg.distill.cache is not None else None
-    cfg.pretrained = cfg.pretrained.absolute() if cfg.pretrained is not None else None
+    for key in PATH_KEYS:
+        *sections, name = key.split(".")
+        node = cfg
+        for section in sections:
+            node = getattr(node, section, None)
+        value = getattr(node, name, None)
+        if isinstance(value, Path):
+            setattr(node, name, value.absolute())
     return cfg
 
 
@@ -202,7 +263,7 @@ def _with_base(doc: dict, base: Path) -> dict:
     return doc
 
 
-def dump_config(cfg: TrainConfig, path: Path) -> None:
+def dump_config(cfg: BaseModel, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
@@ -223,7 +284,7 @@ def _flatten(doc: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_changes(saved: dict, cfg: TrainConfig) -> list[tuple[str, object, object]]:
+def config_changes(saved: dict, cfg: BaseModel) -> list[tuple[str, object, object]]:
     """(key, saved value, new value) for every key that differs and may not change on resume."""
     old, new = _flatten(saved), _flatten(cfg.model_dump(mode="json"))
     keys = sorted(set(old) | set(new))
@@ -231,7 +292,7 @@ def config_changes(saved: dict, cfg: TrainConfig) -> list[tuple[str, object, obj
             if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE]
 
 
-def check_resume_config(run_dir: Path, cfg: TrainConfig) -> None:
+def check_resume_config(run_dir: Path, cfg: BaseModel) -> None:
     """Refuse to continue a run folder's checkpoints under a different config."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():

@@ -80,6 +80,16 @@ class CollapseMonitor:
             return f"step {step}: eval mAP {mAP:.4f} is at chance level ({self.chance_map:.4f} for random scores){same}"
         return None
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps, so a resumed run judges as the uninterrupted one would."""
+        return {"bce_ema": self.bce_ema, "last_map": self.last_map, "start_spread": self.start_spread,
+                "last_spread": self.last_spread, "warned": sorted(self.warned)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bce_ema, self.last_map = state.get("bce_ema"), state.get("last_map")
+        self.start_spread, self.last_spread = state.get("start_spread"), state.get("last_spread")
+        self.warned = set(state.get("warned", ()))
+
     @property
     def at_prior(self) -> bool:
         return self.bce_ema is not None and self.bce_ema >= PRIOR_SHARE * self.prior_bce
@@ -184,3 +194,72 @@ def likely_causes(optimizer: str, lr: float, weight_decay: float, steps_after_wa
     causes.append("labels or audio that carry no signal: check the manifest's labels and that the clips are "
                   "not silent ('dass-distill predict' on a few files)")
     return causes
+
+
+@dataclass
+class PretextMonitor:
+    """Watches a masked-patch pretraining run: is the encoder learning anything about the patches?
+
+    Collapsed means, after ``check_after`` steps: the InfoNCE accuracy is no better than twice
+    chance (``1 / masked patches``) with the loss still at ``log(masked patches)``, or the
+    reconstruction error no smaller than predicting the mean of the masked patches. Either way
+    the outputs at masked positions carry no information about what was masked.
+    """
+
+    masked: int
+    check_after: int
+    nce_ema: float | None = None
+    acc_ema: float | None = None
+    mse_ema: float | None = None
+    mean_patch_mse_ema: float | None = None
+    last_eval: dict | None = None
+    warned: set[str] = field(default_factory=set)
+
+    @property
+    def chance_nce(self) -> float:
+        return math.log(self.masked)
+
+    def update(self, step: int, losses: dict[str, float]) -> str | None:
+        """Feed one step's pretext losses; a warning the first time they look collapsed."""
+        a = 2.0 / (EMA_STEPS + 1)
+        for key in ("nce", "acc", "mse", "mean_patch_mse"):
+            value = losses.get(key)
+            if value is None or not math.isfinite(value):
+                continue
+            old = getattr(self, f"{key}_ema")
+            setattr(self, f"{key}_ema", value if old is None else (1 - a) * old + a * value)
+        reasons = self.reasons()
+        if step >= self.check_after and reasons and "pretext" not in self.warned:
+            self.warned.add("pretext")
+            return (f"step {step}: {' and '.join(reasons)}: so far the encoder has learned nothing about the masked "
+                    f"patches (lower optim.lr or lengthen optim.warmup_steps if it stays)")
+        return None
+
+    def reasons(self) -> list[str]:
+        out = []
+        if self.acc_ema is not None and self.nce_ema is not None and self.acc_ema <= 2.0 / self.masked \
+                and self.nce_ema >= PRIOR_SHARE * self.chance_nce:
+            out.append(f"InfoNCE {self.nce_ema:.3f} at chance (log {self.masked} = {self.chance_nce:.3f}, accuracy "
+                       f"{self.acc_ema:.3f})")
+        if self.mse_ema is not None and self.mean_patch_mse_ema is not None \
+                and self.mse_ema >= PRIOR_SHARE * self.mean_patch_mse_ema:
+            out.append(f"reconstruction MSE {self.mse_ema:.4f} no better than the mean patch's "
+                       f"{self.mean_patch_mse_ema:.4f}")
+        return out
+
+    def state_dict(self) -> dict:
+        return {"nce_ema": self.nce_ema, "acc_ema": self.acc_ema, "mse_ema": self.mse_ema,
+                "mean_patch_mse_ema": self.mean_patch_mse_ema, "last_eval": self.last_eval,
+                "warned": sorted(self.warned)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("nce_ema", "acc_ema", "mse_ema", "mean_patch_mse_ema", "last_eval"):
+            setattr(self, key, state.get(key))
+        self.warned = set(state.get("warned", ()))
+
+    def report(self) -> dict:
+        reasons = self.reasons()
+        return {"collapsed": bool(reasons), "reasons": reasons, "masked_patches": self.masked,
+                "chance_nce": round(self.chance_nce, 6), "final_train_nce": self.nce_ema,
+                "final_train_acc": self.acc_ema, "final_train_mse": self.mse_ema,
+                "mean_patch_mse": self.mean_patch_mse_ema, "final_eval": self.last_eval}

@@ -95,6 +95,8 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
 class Trainer:
     """One training run, resumable from its own checkpoints."""
 
+    verb = "train"  # in the progress bar
+
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
@@ -198,6 +200,10 @@ class Trainer:
         if path.is_dir() and ((path / MODEL_INFO).is_file() or CHECKPOINTS in (path.name, path.parent.name)):
             run_dir, ckpt_dir, tag = resolve_checkpoint(path)
             state = consolidated_state_dict(ckpt_dir, tag)
+            source = ModelInfo.load(run_dir)
+            if source.task == "pretrain":
+                self._load_pretraining_run(source, state, run_dir, tag)
+                return
             # A new label set keeps the backbone and re-initialises the head.
             own = self.model.module.state_dict()
             fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -216,6 +222,17 @@ class Trainer:
         if self.is_main:
             console.print(f"initialised {escape(self.cfg.model)} from {escape(what)}")
 
+    def _load_pretraining_run(self, source: ModelInfo, state: dict, run_dir: Path, tag: str) -> None:
+        """The encoder of a masked-patch pretraining run, adapted to this model's strides and length."""
+        family = self.model.family
+        if source.family != family.name or family.init_from_pretraining is None:
+            raise UserError(f"pretrained={run_dir} is a pretraining run of {source.name} ({source.family} family); "
+                            f"fine-tune a model of that family (--model {source.name})")
+        family.init_from_pretraining(self.model.module, state, run_dir)
+        if self.is_main:
+            console.print(f"initialised {escape(self.cfg.model)} from the pretraining run {escape(str(run_dir))} "
+                          f"({tag}; positions fitted, a new head)")
+
     # ---------------------------------------------------------------- resume
     def maybe_resume(self) -> bool:
         latest = self.ckpt_dir / "latest"
@@ -225,10 +242,7 @@ class Trainer:
         if client is None:
             raise UserError(f"could not resume from {self.ckpt_dir}; delete it or choose another output_dir")
         self.state = TrainState(**client["train_state"])
-        mon = client.get("monitor") or {}
-        self.monitor.bce_ema, self.monitor.last_map = mon.get("bce_ema"), mon.get("last_map")
-        self.monitor.start_spread, self.monitor.last_spread = mon.get("start_spread"), mon.get("last_spread")
-        self.monitor.warned = set(mon.get("warned", ()))
+        self.monitor.load_state_dict(client.get("monitor") or {})
         torch.set_rng_state(client["rng"]["torch"])
         np.random.set_state(client["rng"]["numpy"])
         random.setstate(client["rng"]["python"])
@@ -240,9 +254,7 @@ class Trainer:
         client = {
             "train_state": asdict(self.state),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-            "monitor": {"bce_ema": self.monitor.bce_ema, "last_map": self.monitor.last_map,
-                        "start_spread": self.monitor.start_spread, "last_spread": self.monitor.last_spread,
-                        "warned": sorted(self.monitor.warned)},
+            "monitor": self.monitor.state_dict(),
         }
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client, save_latest=latest)
         if latest and self.is_main:
@@ -258,7 +270,7 @@ class Trainer:
         self.setup()
         resumed = self.maybe_resume()
         if not resumed:
-            self.monitor.start_spread = self.start_feature_spread()
+            self.before_first_step()
         cfg, st = self.cfg, self.state
         eval_every = cfg.eval_every or self.steps_per_epoch
         save_every = cfg.save_every or self.steps_per_epoch
@@ -272,7 +284,7 @@ class Trainer:
         clips_seen, t_last = 0, time.perf_counter()
         metrics_text = TextColumn("{task.fields[info]}")
         with make_progress(metrics_text, disable=not self.is_main) as progress:
-            task = progress.add_task(f"train {cfg.model}", total=self.total_steps, completed=st.step, info="")
+            task = progress.add_task(f"{self.verb} {cfg.model}", total=self.total_steps, completed=st.step, info="")
             while st.step < self.total_steps and st.epoch < cfg.optim.epochs:
                 self.sampler.set_epoch(st.epoch, skip=st.batches_in_epoch * bs)
                 self.engine.train()
@@ -289,7 +301,7 @@ class Trainer:
                         continue  # a skipped batch, or mid gradient accumulation: no optimizer step yet
                     st.step = self.engine.global_steps
                     progress.update(task, completed=st.step)
-                    warning = self.monitor.update(st.step, float(losses["bce"]))
+                    warning = self.watch(losses)
                     if warning and self.is_main:
                         progress.console.print(f"[yellow]{escape(warning)}")
                     if st.step % cfg.log_every == 0 or st.step == self.total_steps:
@@ -318,14 +330,18 @@ class Trainer:
             log.close()
         return self.finish()
 
-    def train_micro_batch(self, batch) -> dict | None:
+    def compute_losses(self, batch) -> dict[str, torch.Tensor]:
+        """The losses of one micro-batch (``loss`` is the one optimised)."""
         feats = self.augment(batch.features).to(self.engine.device, self.dtype)
         labels = batch.labels.to(self.engine.device)
         teacher = batch.teacher_logits.to(self.engine.device) if batch.teacher_logits is not None else None
         partner = batch.partner_logits.to(self.engine.device) if batch.partner_logits is not None else None
         lam = batch.lam.to(self.engine.device) if batch.lam is not None else None
         logits = self.engine(feats)
-        losses = self.loss_fn(logits, labels, teacher, partner_logits=partner, lam=lam)
+        return self.loss_fn(logits, labels, teacher, partner_logits=partner, lam=lam)
+
+    def train_micro_batch(self, batch) -> dict | None:
+        losses = self.compute_losses(batch)
         if not all_finite(losses["loss"]):  # every rank skips together, or the others would wait forever
             self.state.nonfinite_losses += 1
             limit = self.cfg.optim.max_nonfinite
@@ -338,6 +354,10 @@ class Trainer:
         self.engine.backward(losses["loss"])
         self.engine.step()
         return {k: v.detach() for k, v in losses.items()}
+
+    def watch(self, losses: dict) -> str | None:
+        """Feed one step's losses to the collapse monitor; a warning the first time it sees one."""
+        return self.monitor.update(self.state.step, float(losses["bce"]))
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self) -> dict | None:
@@ -359,6 +379,10 @@ class Trainer:
         if feature_spread is not None:
             result["feature_spread"] = feature_spread
         return result
+
+    def before_first_step(self) -> None:
+        """Measure what the collapse monitor compares against later (a fresh run only)."""
+        self.monitor.start_spread = self.start_feature_spread()
 
     @torch.no_grad()
     def start_feature_spread(self) -> float | None:
