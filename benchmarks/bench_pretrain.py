@@ -82,8 +82,14 @@ def main() -> None:
         f"seed {s}: InfoNCE {p.get('nce', float('nan')):.3f} acc {p.get('acc', float('nan')):.3f} "
         f"MSE {p.get('mse', float('nan')):.4f} (mean patch {p.get('mean_patch_mse', float('nan')):.4f})"
         for s, p in zip(args.seeds, pretext)))
-    console.print(markdown_table(rows))
-    console.print(f"chance {chance:.3f}; total {time.perf_counter() - t0:.0f} s")
+    print(markdown_table(rows), flush=True)  # plain: rich would wrap the table's lines
+    total = time.perf_counter() - t0
+    console.print(f"chance {chance:.3f}; total {total:.0f} s")
+    result = {"seeds": args.seeds, "chance_mAP": chance, "max_steps": args.max_steps, "seconds": round(total),
+              "rows": [{"model": m, "recipe": r, "mAP": v, "collapsed": c} for m, r, v, c in rows],
+              "gain": gains, "pretext_eval": pretext}
+    (args.work / "results.json").write_text(json.dumps(result, indent=2))
+    console.print(f"results in {args.work / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -44,3 +44,16 @@ def test_audio_mamba_cpu_benchmarks_run():
     out = _bench(str(BENCH / "bench_student_cpu.py"), "--models", "aum_tiny", "ssamba_tiny", "--seconds", "2",
                  "--repeats", "1")
     assert "aum_tiny" in out and "ssamba_tiny" in out and "ast_base" in out
+
+
+@pytest.mark.slow
+def test_pretraining_benchmark_runs(tmp_path):
+    """bench_pretrain.py on a --fast demo folder: pretrain, then KD from scratch and from the run."""
+    from helpers import cli
+
+    cli("demo", "--fast", "--work-dir", tmp_path / "demo")
+    _bench(str(BENCH / "bench_pretrain.py"), "--demo-dir", str(tmp_path / "demo"), "--seeds", "0",
+           "--max-steps", "2", "--work", str(tmp_path / "bench"))
+    results = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert [r["recipe"].split()[0] for r in results["rows"]] == ["KD", "pretrain"]
+    assert all(0.0 <= v <= 1.0 for row in results["rows"] for v in row["mAP"])

@@ -103,19 +103,43 @@ class Trainer:
         self.ckpt_dir = self.out / CHECKPOINTS
 
     # ---------------------------------------------------------------- set-up
-    def setup(self) -> None:
+    def start_processes(self) -> None:
+        """Check a resumed run's config, join the process group, seed every generator."""
         cfg = self.cfg
         if (self.ckpt_dir / "latest").is_file():  # a resume: the checkpoints must belong to this config
             check_resume_config(self.out, cfg)
         init_distributed()
-        import deepspeed
-
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         self.is_main = rank() == 0
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
 
+    def build_engine(self, module: torch.nn.Module) -> None:
+        """Steps per epoch and in all, the optimizer, the lr schedule and the DeepSpeed engine around ``module``."""
+        import deepspeed
+
+        cfg, o = self.cfg, self.cfg.optim
+        ga = cfg.deepspeed.gradient_accumulation_steps
+        self.steps_per_epoch = max(1, len(self.sampler) // o.batch_size // ga)
+        self.total_steps = o.epochs * self.steps_per_epoch
+        if o.max_steps is not None:
+            self.total_steps = min(self.total_steps, o.max_steps)
+        opt_class = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
+        optimizer = opt_class(param_groups(module, o.weight_decay), lr=o.lr, betas=o.betas)
+        if o.schedule == "cosine":
+            schedule = partial(cosine_factor, total_steps=self.total_steps, warmup_steps=o.warmup_steps)
+        else:
+            schedule = partial(lr_factor, steps_per_epoch=self.steps_per_epoch, warmup_steps=o.warmup_steps,
+                               decay_start_epoch=o.lr_decay_start_epoch, decay=o.lr_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg))
+        self.dtype = torch.float32  # inputs; DeepSpeed's autocast lowers the compute
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.start_processes()
         label_map = LabelMap.from_csv(cfg.data.label_map or default_label_map_path(cfg.data.train))
         train_manifest = load_manifest(cfg.data.train, label_map)
         self.eval_manifest = load_manifest(cfg.data.eval, label_map) if cfg.data.eval else None
@@ -163,25 +187,8 @@ class Trainer:
         if self.eval_manifest is not None:
             self.eval_dataset = ClipDataset(self.eval_manifest, self.model.featurize, self.model.sample_rate,
                                             memoize=cfg.data.memoize_features)
-        ga = cfg.deepspeed.gradient_accumulation_steps
-        self.steps_per_epoch = max(1, len(self.sampler) // cfg.optim.batch_size // ga)
-        self.total_steps = cfg.optim.epochs * self.steps_per_epoch
-        if cfg.optim.max_steps is not None:
-            self.total_steps = min(self.total_steps, cfg.optim.max_steps)
-
+        self.build_engine(self.model.module)
         o = cfg.optim
-        opt_class = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
-        optimizer = opt_class(param_groups(self.model.module, o.weight_decay), lr=o.lr, betas=o.betas)
-        if o.schedule == "cosine":
-            schedule = partial(cosine_factor, total_steps=self.total_steps, warmup_steps=o.warmup_steps)
-        else:
-            schedule = partial(lr_factor, steps_per_epoch=self.steps_per_epoch, warmup_steps=o.warmup_steps,
-                               decay_start_epoch=o.lr_decay_start_epoch, decay=o.lr_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=self.model.module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
-        )
-        self.dtype = torch.float32  # inputs; DeepSpeed's autocast lowers the compute
         self.loss_fn = DistillationLoss.from_config(cfg.distill, self.distilling)
         # Cached views carry their own masks (the ones the teacher saw): no second SpecAugment.
         self.augment = (SpecAugment(cfg.augment.freq_mask, cfg.augment.time_mask) if self.views is None

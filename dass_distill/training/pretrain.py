@@ -14,11 +14,7 @@ to ``train pretrained=RUN`` to fine-tune (``Trainer._load_pretrained``).
 from __future__ import annotations
 
 import json
-import logging
-import random
-from functools import partial
 
-import numpy as np
 import torch
 from rich.markup import escape
 from torch.utils.data import DataLoader
@@ -31,12 +27,11 @@ from dass_distill.models import build_model
 from dass_distill.registry import family_of, model_config
 from dass_distill.students.masked_patches import MaskedPatchPretraining
 from dass_distill.training.checkpoint import ModelInfo
-from dass_distill.training.config import PretrainConfig, check_resume_config, dump_config
-from dass_distill.training.distributed import init_distributed, rank, world_size
+from dass_distill.training.config import PretrainConfig, dump_config
+from dass_distill.training.distributed import rank, world_size
 from dass_distill.training.health import PretextMonitor
-from dass_distill.training.loop import Trainer, TrainState, deepspeed_config, param_groups
+from dass_distill.training.loop import Trainer, TrainState
 from dass_distill.training.sampler import ResumableSampler
-from dass_distill.training.schedule import cosine_factor, lr_factor
 
 
 def build_pretraining_model(cfg: PretrainConfig):
@@ -70,17 +65,7 @@ class Pretrainer(Trainer):
 
     def setup(self) -> None:
         cfg = self.cfg
-        if (self.ckpt_dir / "latest").is_file():
-            check_resume_config(self.out, cfg)
-        init_distributed()
-        import deepspeed
-
-        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-        self.is_main = rank() == 0
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-
+        self.start_processes()
         train_audio = load_audio_list(cfg.data.train)
         eval_audio = load_audio_list(cfg.data.eval) if cfg.data.eval else None
         self.model, module, args = build_pretraining_model(cfg)
@@ -95,30 +80,13 @@ class Pretrainer(Trainer):
         self.loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=self.sampler, collate_fn=collate,
                                  num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
                                  drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))
-        ga = cfg.deepspeed.gradient_accumulation_steps
-        self.steps_per_epoch = max(1, len(self.sampler) // cfg.optim.batch_size // ga)
         if len(self.sampler) < cfg.optim.batch_size:
             raise UserError(f"{cfg.data.train} has {len(dataset)} clips, fewer than one batch "
                             f"(optim.batch_size={cfg.optim.batch_size})")
-        self.total_steps = cfg.optim.epochs * self.steps_per_epoch
-        if cfg.optim.max_steps is not None:
-            self.total_steps = min(self.total_steps, cfg.optim.max_steps)
-
-        o = cfg.optim
-        opt_class = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
-        optimizer = opt_class(param_groups(module, o.weight_decay), lr=o.lr, betas=o.betas)
-        if o.schedule == "cosine":
-            schedule = partial(cosine_factor, total_steps=self.total_steps, warmup_steps=o.warmup_steps)
-        else:
-            schedule = partial(lr_factor, steps_per_epoch=self.steps_per_epoch, warmup_steps=o.warmup_steps,
-                               decay_start_epoch=o.lr_decay_start_epoch, decay=o.lr_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg))
-        self.dtype = torch.float32
+        self.build_engine(module)
         self.cache_gap = None  # no teacher cache
         self.state = TrainState()
-        check_after = min(self.total_steps, o.warmup_steps + max(200, self.total_steps // 4))
+        check_after = min(self.total_steps, cfg.optim.warmup_steps + max(200, self.total_steps // 4))
         self.monitor = PretextMonitor(module.mask_patches, check_after=check_after)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
