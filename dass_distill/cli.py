@@ -329,6 +329,30 @@ def export(
     console.print(reports.export_table(report))
 
 
+@app.command("import")
+@user_errors
+def import_(
+    checkpoint: Annotated[Path, typer.Argument(help="released student checkpoint (DASS .pth, AuM, fine-tuned SSAMBA)")],
+    model: Annotated[str, typer.Option(help="the checkpoint's model: dass_small, dass_medium, aum_base, ssamba_tiny, ...")],
+    labels: Annotated[Path, typer.Option(help="its label map, class_labels_indices.csv (AudioSet's for AudioSet models)")],
+    out: Annotated[Path, typer.Option(help="folder to write the model to")],
+    target_length: Annotated[int, typer.Option(help="frames per clip the front end makes (1024 ~ 10 s, as AudioSet)")]
+    = 1024,
+    format: Annotated[Optional[list[str]], typer.Option("--format", "-f", help="hf (always written), onnx, pt2")] = None,
+    atol: Annotated[float, typer.Option(help="largest |logit difference| an artefact may show")] = 1e-4,
+    allow_pickle: Annotated[bool, typer.Option(help="read a checkpoint that needs pickle (trusted files only)")]
+    = False,
+) -> None:
+    """Turn a released student checkpoint into a model folder (as `export` writes), checked
+    against the loaded checkpoint, so predict / evaluate / timelines work with no training."""
+    _quiet_libraries()
+    from dass_distill.importing import import_checkpoint
+
+    report = import_checkpoint(checkpoint, model, labels, out, target_length, format, atol, allow_pickle,
+                               log=lambda msg: console.print(reports.plain(msg, "dim")))
+    console.print(reports.export_table(report))
+
+
 @app.command()
 @user_errors
 def predict(

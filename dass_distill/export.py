@@ -103,6 +103,17 @@ def export_run(
         family, module, fe, target_length = trained.family, trained.module, trained.front_end, info.target_length
         label_ids, names = list(info.label_map.ids), list(info.label_map.names)
         provenance = _provenance(run_dir, tag)
+    return export_module(module, family, fe, target_length, label_ids, names, provenance, out, formats, atol, tag,
+                         same_folder=out.resolve() == source.resolve(), log=log)
+
+
+def export_module(module: nn.Module, family: ModelFamily, fe: KaldiFbank, target_length: int, label_ids: list[str],
+                  names: list[str], provenance: dict, out: Path, formats: list[str], atol: float = DEFAULT_ATOL,
+                  tag: str = "", same_folder: bool = False,
+                  log: Callable[[str], None] = lambda msg: None) -> ExportReport:
+    """Write ``module`` as a model folder (plus requested graph files) and check each artefact
+    against it; ``same_folder``: ``out`` is already this model's folder, add graph files only."""
+    out = Path(out)
     module.eval()
     graph_formats = [f for f in formats if f != "hf"]
     if graph_formats and not family.graph_export:
@@ -110,7 +121,6 @@ def export_run(
                         f"they export as a Hugging Face folder (--format hf)")
 
     report = ExportReport(out, family.name, tag)
-    same_folder = out.resolve() == source.resolve()
     if not same_folder:
         family.save_folder(module, out, fe, label_ids, names,
                            extra={"dass_distill_version": __version__, "training": provenance})
@@ -246,6 +256,13 @@ def _model_card(name: str, family: ModelFamily, labels: list[str], p: dict, expo
          f"(w={p.get('kd_weight')}, T={p.get('temperature')})" if p.get("cache") else "trained on labels only"
     best = f"{p['best_eval_mAP']:.4f}" if isinstance(p.get("best_eval_mAP"), float) else "n/a"
     recipe = ", ".join(f"{k}={v}" for k, v in (p.get("recipe") or {}).items() if v is not None) or "n/a"
+    origin = f"""- training run: `{p.get('run')}` (checkpoint `{p.get('checkpoint_tag')}`, {p.get('steps')} steps)
+- training data: `{p.get('train_manifest')}`; evaluation data: `{p.get('eval_manifest')}`
+- recipe: {recipe}
+- best eval mAP during training: {best}"""
+    if p.get("imported_from"):
+        kd = "imported from a released checkpoint with `dass-distill import` (no training here)"
+        origin = f"- checkpoint: `{p['imported_from']}` (sha256 `{p.get('checkpoint_sha256')}`)"
     rows = "\n".join(f"| {fmt} | `{e['file']}` | {e['max_abs_diff']:.2e} | {e['atol']:g} | {', '.join(e['checked_on'])} |"
                      for fmt, e in (exports or {}).items() if e.get("max_abs_diff") is not None)
     files = f"""
@@ -276,10 +293,7 @@ A {family.name} model ({family.description}) exported by dass-distill {__version
 {kd}.
 
 - classes: {len(labels)} ({", ".join(labels[:8])}{", ..." if len(labels) > 8 else ""})
-- training run: `{p.get('run')}` (checkpoint `{p.get('checkpoint_tag')}`, {p.get('steps')} steps)
-- training data: `{p.get('train_manifest')}`; evaluation data: `{p.get('eval_manifest')}`
-- recipe: {recipe}
-- best eval mAP during training: {best}
+{origin}
 {files}
 ## Use
 
