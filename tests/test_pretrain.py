@@ -290,3 +290,40 @@ def test_pretrain_command_line(tmp_path, synth_data):
     assert "eval" in (tmp_path / "run" / "metrics.csv").read_text()
     bad = cli("pretrain", f"data.train={tmp_path / 'nope.txt'}", check=False)
     assert bad.returncode != 0 and "data.train" in bad.stderr and "does not exist" in bad.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_mid_pretraining_then_resume_matches_the_uninterrupted_run(tmp_path, synth_data):
+    """SIGKILL after a checkpoint, rerun the same command: the same losses step for step
+    (masks and drop-path replayed from the checkpointed RNG), the same final weights."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import clean_env
+
+    env = {**clean_env(), "DS_ACCELERATOR": "cpu", "DASS_DISTILL_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+
+    def command(run):
+        return [sys.executable, "-m", "dass_distill.cli", "pretrain", *_overrides(synth_data, run, **{
+            "optim.epochs": 2, "save_every": 1, "data.eval": "null", "data.memoize_features": False,
+            "model_args.drop_path_rate": 0.1})]
+
+    subprocess.run(command(tmp_path / "ref"), env=env, check=True, capture_output=True, timeout=900)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(command(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest, deadline = run / "checkpoints" / "latest", time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_file() and latest.read_text().strip() >= "step_0000007":  # into the second epoch
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "pretraining finished before it could be killed"
+    resumed = subprocess.run(command(run), env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step" in resumed.stderr
+    assert _losses(run) == _losses(tmp_path / "ref")
+    a, b = latest_weights(tmp_path / "ref"), latest_weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
