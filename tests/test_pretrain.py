@@ -206,6 +206,22 @@ def test_pretraining_resumes_exactly(tmp_path, synth_data):
         pretrain(load_config(None, part + ["masking.mask_patches=30"], PretrainConfig))
 
 
+def test_pretraining_under_zero2_bf16_with_accumulation(tmp_path, synth_data):
+    """DeepSpeed's ZeRO-2, bf16 autocast and gradient accumulation, as for train: optimizer steps
+    counted after accumulation, fp32 master weights that consolidate for the hand-off."""
+    from dass_distill.training.pretrain import pretrain
+
+    run = tmp_path / "z2"
+    summary = pretrain(load_config(None, _overrides(synth_data, run, **{
+        "deepspeed.zero_stage": 2, "deepspeed.precision": "bf16", "deepspeed.gradient_accumulation_steps": 2,
+        "optim.max_steps": 2, "data.eval": "null"}), PretrainConfig))
+    assert summary["steps"] == 2 and summary["zero_stage"] == 2
+    assert [r.split(",")[0] for r in _losses(run)] == ["1", "2"]
+    state = latest_weights(run)
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
 @pytest.mark.parametrize("model_name, frames", [("aum_tiny", 200), ("ssamba_tiny", 190)])
 def test_train_starts_from_a_pretraining_run(tmp_path, synth_data, model_name, frames):
     """The encoder's weights carry over; positions are fitted to the new length (and, for SSAMBA,
