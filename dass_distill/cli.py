@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.text import Text
 
 from dass_distill import reports
@@ -365,6 +366,9 @@ def predict(
     timeline: Annotated[Optional[bool], typer.Option("--timeline/--no-timeline", help="tag window by window (default: for files longer than --window)")] = None,
     batch_size: Annotated[int, typer.Option(help="windows per forward pass (memory grows with it, not with the file)")] = 1,
     backend: Annotated[str, typer.Option(help="torch (safetensors weights), onnx (model.onnx via ONNX Runtime) or pt2 (model.pt2)")] = "torch",
+    plot: Annotated[Optional[Path], typer.Option(
+        help="draw the spectrogram and the top tags' scores (over time for a timeline) to this PNG; with several "
+             "files, one PNG each, named after the file")] = None,
 ) -> None:
     """Print the top tags of each audio file; long recordings get a timeline of windows.
 
@@ -390,8 +394,15 @@ def predict(
                 console.print(reports.timeline_table(tl, top_k))
                 results[str(path)] = tl.to_dict(top_k)
                 csv_rows += tl.csv_rows(top_k)
+                if plot:
+                    _plot_prediction(plot, path, len(audio), tagger, tl.clip_scores, tl, top_k)
                 continue
             tags = tagger.tag_file(path, top_k)
+            if plot:
+                from dass_distill.data.audio import read_audio
+
+                _plot_prediction(plot, path, len(audio), tagger, tagger.scores(read_audio(path, tagger.sample_rate)),
+                                 None, top_k)
         except UserError as e:
             print_error(e)
             results[str(path)] = {"error": str(e)}
@@ -422,12 +433,20 @@ def evaluate(
         help="write per-class AP and AUC as CSV (index, label_id, label, positives, ap, auc)")] = None,
     top: Annotated[int, typer.Option(
         help="show the N best and N worst classes by AP (all of them when 2N covers every class)", min=0)] = 10,
+    plot: Annotated[Optional[Path], typer.Option(
+        help="draw per-class AP bars and the best and worst classes' precision-recall curves to this PNG")] = None,
 ) -> None:
     """mAP, mAUC, d-prime and per-class AP of an exported model on a manifest."""
     _quiet_libraries()
     from dass_distill.evaluation import evaluate_tagger, per_class_csv as per_class_csv_text
 
-    result = evaluate_tagger(model, data, label_map, batch_size, backend=backend)
+    result = evaluate_tagger(model, data, label_map, batch_size, backend=backend, with_scores=True)
+    scores = result.pop("scores")
+    if plot:
+        from dass_distill.plots import plot_evaluation
+
+        plot_evaluation(plot, result["per_class"], scores.scores, scores.targets, title=f"{model.name} on {data.name}")
+        console.print(f"plot written to {escape(str(plot))}")
     console.print(reports.evaluation_overview(result, f"{model} on {data}"))
     for table in reports.evaluation_class_tables(result["per_class"], top):
         console.print(table)
@@ -435,6 +454,14 @@ def evaluate(
         output.write_text(json.dumps(result, indent=2))
     if per_class_csv:
         per_class_csv.write_text(per_class_csv_text(result["per_class"]))
+
+
+def _plot_prediction(plot: Path, path: Path, files: int, tagger, scores, tl, top_k: int) -> None:
+    from dass_distill.plots import plot_prediction
+
+    out = plot if files == 1 else plot.with_name(f"{plot.stem}_{path.stem}{plot.suffix or '.png'}")
+    plot_prediction(out, path, tagger.label_names, scores, tl, top_k, tagger.sample_rate)
+    console.print(f"plot written to {escape(str(out))}")
 
 
 # --------------------------------------------------------------------------- demo

@@ -60,8 +60,9 @@ def score_batches(
 
 
 def evaluate_tagger(folder, data, label_map=None, batch_size: int = 16, num_workers: int = 0,
-                    backend: str = "torch") -> dict:
-    """Metrics of an exported model folder (run by ``backend``) on a manifest whose labels match the model's."""
+                    backend: str = "torch", with_scores: bool = False) -> dict:
+    """Metrics of an exported model folder (run by ``backend``) on a manifest whose labels match the model's
+    (``with_scores``: also the :class:`Scores` themselves, under ``"scores"``, e.g. for plots)."""
     tagger = load_tagger(folder, backend)
     manifest = load_manifest(data, label_map)
     if list(manifest.label_map.ids) != list(tagger.label_ids):
@@ -73,9 +74,10 @@ def evaluate_tagger(folder, data, label_map=None, batch_size: int = 16, num_work
         scores = score_batches(tagger.module, loader, on_batch=lambda n: progress.advance(task, n))
     metrics = scores.metrics()
     label_ids, label_names = list(manifest.label_map.ids), list(manifest.label_map.names)
-    return {**metrics, "clips": len(scores.ids), "errors": scores.errors,
-            "label_ids": label_ids, "label_names": label_names,
-            "per_class": per_class_records(label_ids, label_names, metrics)}
+    result = {**metrics, "clips": len(scores.ids), "errors": scores.errors,
+              "label_ids": label_ids, "label_names": label_names,
+              "per_class": per_class_records(label_ids, label_names, metrics)}
+    return {**result, "scores": scores} if with_scores else result
 
 
 def per_class_records(label_ids, label_names, metrics: dict) -> list[dict]:
