@@ -464,6 +464,28 @@ def _plot_prediction(plot: Path, path: Path, files: int, tagger, scores, tl, top
     console.print(f"plot written to {escape(str(out))}")
 
 
+@app.command()
+@user_errors
+def embed(
+    model: Annotated[Path, typer.Argument(help="exported student folder (DASS, AuM, SSAMBA)")],
+    audio: Annotated[list[Path], typer.Argument(help="audio files (any format soundfile reads)")],
+    output: Annotated[Path, typer.Option(help="embeddings file: .h5 (HDF5) or .npz")],
+) -> None:
+    """Clip embeddings and timestamped frame embeddings of audio files (HEAR-style; in Python:
+    dass_distill.hear)."""
+    _quiet_libraries()
+    from dass_distill.embeddings import Embedder, write_embeddings
+
+    embedder = Embedder(model)
+    results = {}
+    for path in audio:
+        results[str(path)] = e = embedder.file(path)
+        console.print(f"{escape(str(path))}: clip {tuple(e.clip.shape[1:])}, {e.frames.shape[1]} frames every "
+                      f"{float(e.timestamps_ms[1] - e.timestamps_ms[0]) if e.frames.shape[1] > 1 else 0:g} ms")
+    write_embeddings(output, results, str(model))
+    console.print(f"{len(results)} file(s) written to {escape(str(output))}")
+
+
 # --------------------------------------------------------------------------- demo
 @app.command()
 @user_errors
