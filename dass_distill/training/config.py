@@ -98,23 +98,16 @@ class WeightAveragingConfig(_Section):
     start_epoch: int = Field(1, ge=1, description="first epoch whose weights enter the average")
 
 
-class TrainConfig(_Section):
+class _RunConfig(_Section):
+    """What every training-like run has: a model, a seed, a run folder, the optimizer, DeepSpeed
+    and how often it logs, evaluates and saves."""
+
     model: str = "dass_small"
     model_args: dict[str, Any] = Field(default_factory=dict)
-    pretrained: Path | None = Field(
-        None, description="initial weights: a training run folder, or a released DASS / VMamba ImageNet checkpoint file"
-    )
-    head_bias: Literal["prior", "zero"] = Field(
-        "prior", description="initial output bias of a new head: the logit of each class's training frequency "
-                             "(prior), or 0 (probability 0.5, as timm/DASS); see training/label_prior.py")
     output_dir: Path = Path("runs/train")
     seed: int = 0
-    data: DataConfig
-    distill: DistillConfig = Field(default_factory=DistillConfig)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
-    weight_averaging: WeightAveragingConfig = Field(default_factory=WeightAveragingConfig)
     eval_every: int | None = Field(None, gt=0, description="steps between evaluations; default once per epoch")
     save_every: int | None = Field(None, gt=0, description="steps between checkpoints; default once per epoch")
     keep_checkpoints: int = Field(2, ge=1)
@@ -128,6 +121,20 @@ class TrainConfig(_Section):
         if v not in model_names():
             raise ValueError(f"unknown model '{v}'; known: {', '.join(model_names())}")
         return v
+
+
+class TrainConfig(_RunConfig):
+    pretrained: Path | None = Field(
+        None, description="initial weights: a training or pretraining run folder, or a released checkpoint file "
+                          "(DASS / VMamba ImageNet, AuM, SSAMBA fine-tuned or self-supervised)"
+    )
+    head_bias: Literal["prior", "zero"] = Field(
+        "prior", description="initial output bias of a new head: the logit of each class's training frequency "
+                             "(prior), or 0 (probability 0.5, as timm/DASS); see training/label_prior.py")
+    data: DataConfig
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    weight_averaging: WeightAveragingConfig = Field(default_factory=WeightAveragingConfig)
 
     @model_validator(mode="after")
     def _files_exist(self) -> "TrainConfig":
@@ -164,23 +171,13 @@ class MaskingConfig(_Section):
         return self.mask_patches if self.mask_patches is not None else max(2, round(self.mask_ratio * patches))
 
 
-class PretrainConfig(_Section):
+class PretrainConfig(_RunConfig):
     """``dass-distill pretrain``: self-supervised masked-patch pretraining of a patch-token student."""
 
     model: str = "ssamba_tiny"
-    model_args: dict[str, Any] = Field(default_factory=dict)
     output_dir: Path = Path("runs/pretrain")
-    seed: int = 0
     data: PretrainDataConfig
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
-    eval_every: int | None = Field(None, gt=0, description="steps between evaluations; default once per epoch")
-    save_every: int | None = Field(None, gt=0, description="steps between checkpoints; default once per epoch")
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(10, gt=0)
-
-    _known_model = field_validator("model")(TrainConfig._known_model.__func__)
 
     @model_validator(mode="after")
     def _files_exist(self) -> "PretrainConfig":
