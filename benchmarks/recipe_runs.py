@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -82,7 +83,7 @@ def summarise(values: list[float]) -> str:
 
 def print_table(title: str, rows: list[tuple[str, str, list[float], int]], chance: float, seeds: list[int]) -> None:
     """Rows of (model, recipe, per-seed mAPs, collapsed runs)."""
-    table = Table(title=f"{title}: eval mAP, mean [min, max] over seeds {seeds}; chance {chance:.3f}")
+    table = Table(title=escape(f"{title}: eval mAP, mean [min, max] over seeds {seeds}; chance {chance:.3f}"))
     for col in ("model", "recipe", "eval mAP", "collapsed"):
         table.add_column(col, justify="right" if col in ("eval mAP", "collapsed") else "left")
     for model, recipe, values, collapsed in rows:
