@@ -376,6 +376,7 @@ def predict(
     recording's length. Clip-level tags of a timeline are the max over its windows.
     """
     _quiet_libraries()
+    from dass_distill.data.audio import read_audio
     from dass_distill.errors import UserError
     from dass_distill.inference import load_tagger
     from dass_distill.timeline import audio_duration, tag_timeline, write_csv
@@ -397,12 +398,10 @@ def predict(
                 if plot:
                     _plot_prediction(plot, path, len(audio), tagger, tl.clip_scores, tl, top_k)
                 continue
-            tags = tagger.tag_file(path, top_k)
+            scores = tagger.scores(read_audio(path, tagger.sample_rate))
+            tags = tagger.top(scores, top_k)
             if plot:
-                from dass_distill.data.audio import read_audio
-
-                _plot_prediction(plot, path, len(audio), tagger, tagger.scores(read_audio(path, tagger.sample_rate)),
-                                 None, top_k)
+                _plot_prediction(plot, path, len(audio), tagger, scores, None, top_k)
         except UserError as e:
             print_error(e)
             results[str(path)] = {"error": str(e)}

@@ -45,7 +45,10 @@ class Tagger:
 
     def tag_file(self, path: str | Path, top_k: int = 5) -> list[tuple[str, float]]:
         """Top-k (label name, score) of an audio file of any format, rate and channel count."""
-        scores = self.scores(read_audio(path, self.sample_rate))
+        return self.top(self.scores(read_audio(path, self.sample_rate)), top_k)
+
+    def top(self, scores: torch.Tensor, top_k: int = 5) -> list[tuple[str, float]]:
+        """Top-k (label name, score) of (C,) scores."""
         values, idx = scores.topk(min(top_k, len(scores)))
         return [(self.label_names[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]
 
