@@ -207,8 +207,8 @@ class Trainer:
         if path.is_dir() and ((path / MODEL_INFO).is_file() or CHECKPOINTS in (path.name, path.parent.name)):
             run_dir, ckpt_dir, tag = resolve_checkpoint(path)
             state = consolidated_state_dict(ckpt_dir, tag)
-            source = ModelInfo.load(run_dir)
-            if source.task == "pretrain":
+            source = ModelInfo.load(run_dir) if (run_dir / MODEL_INFO).is_file() else None
+            if source is not None and source.task == "pretrain":
                 self._load_pretraining_run(source, state, run_dir, tag)
                 return
             # A new label set keeps the backbone and re-initialises the head.
