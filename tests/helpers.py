@@ -4,8 +4,10 @@ for tiny runs. (Random-weight teacher checkpoints in their release formats: teac
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -54,3 +56,18 @@ def latest_weights(run: Path) -> dict:
 
     tag = (run / "checkpoints" / "latest").read_text().strip()
     return consolidated_state_dict(run / "checkpoints", tag)
+
+
+def kill_after_checkpoint(command: list[str], run: Path, env: dict, tag: str = "step_0000007",
+                          timeout: float = 600) -> subprocess.Popen:
+    """Start ``command``, SIGKILL it once ``run``'s latest checkpoint reaches ``tag`` (or it ends),
+    and return the finished process (its ``returncode`` is ``-SIGKILL`` when the kill came first)."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest, deadline = run / "checkpoints" / "latest", time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_file() and latest.read_text().strip() >= tag:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc

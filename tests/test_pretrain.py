@@ -315,9 +315,8 @@ def test_kill_9_mid_pretraining_then_resume_matches_the_uninterrupted_run(tmp_pa
     import signal
     import subprocess
     import sys
-    import time
 
-    from helpers import clean_env
+    from helpers import clean_env, kill_after_checkpoint
 
     env = {**clean_env(), "DS_ACCELERATOR": "cpu", "DASS_DISTILL_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
 
@@ -328,14 +327,7 @@ def test_kill_9_mid_pretraining_then_resume_matches_the_uninterrupted_run(tmp_pa
 
     subprocess.run(command(tmp_path / "ref"), env=env, check=True, capture_output=True, timeout=900)
     run = tmp_path / "run"
-    proc = subprocess.Popen(command(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest, deadline = run / "checkpoints" / "latest", time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if latest.is_file() and latest.read_text().strip() >= "step_0000007":  # into the second epoch
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = kill_after_checkpoint(command(run), run, env, "step_0000007")  # into the second epoch
     assert proc.returncode == -signal.SIGKILL, "pretraining finished before it could be killed"
     resumed = subprocess.run(command(run), env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

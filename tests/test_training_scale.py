@@ -9,14 +9,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import base_overrides, clean_env
+from helpers import base_overrides, clean_env, kill_after_checkpoint
 
 from dass_distill.data.dataset import ClipDataset, Sample, collate
 from dass_distill.data.manifest import load_manifest
@@ -204,15 +203,7 @@ def test_kill_9_mid_run_then_resume_matches_the_uninterrupted_curve(tmp_path, sy
     assert sorted(expected) == list(range(1, 13))
 
     run = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(run, synth_data), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    latest = run / "checkpoints" / "latest"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if latest.is_file() and latest.read_text().strip() >= "step_0000007":  # into the second epoch
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = kill_after_checkpoint(_train_cmd(run, synth_data), run, ENV, "step_0000007")  # into the second epoch
     assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
     resumed = subprocess.run(_train_cmd(run, synth_data), env=ENV, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
