@@ -28,7 +28,7 @@ from dass_distill.inference import load_tagger
 from dass_distill.frontend import KaldiFbank
 from dass_distill.models import ModelFamily
 from dass_distill.registry import family_for_model_type
-from dass_distill.students import load_config, save_pretrained
+from dass_distill.students import load_config, save_pretrained, transformers_code
 from dass_distill.training.checkpoint import load_trained_model
 
 FORMATS = ("hf", *GRAPH_FILES)
@@ -283,6 +283,15 @@ session = onnxruntime.InferenceSession("model.onnx")
 logits = session.run(None, {"fbank": fbank.astype(np.float32)})[0]  # fbank: (batch, frames, 128)
 ```
 """ if exports and "onnx" in exports else ""
+    transformers = """
+With transformers alone (the folder's own torch-only code; reading files needs `ffmpeg`):
+
+```python
+from transformers import pipeline
+tagger = pipeline("audio-classification", model="this/folder", trust_remote_code=True)
+print(tagger("clip.wav", top_k=5))   # or {"array": waveform, "sampling_rate": rate}
+```
+""" if family.model_type in transformers_code.CLASSES else ""
     return f"""---
 library_name: dass-distill
 tags: [audio-classification, audio-tagging, state-space-model, knowledge-distillation]
@@ -304,4 +313,4 @@ print(tagger.tag_file("clip.wav"))
 ```
 
 or `dass-distill predict this/folder recording.wav` (long recordings get a timeline).
-{onnx}"""
+{transformers}{onnx}"""

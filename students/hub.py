@@ -1,9 +1,12 @@
 """Hugging Face-style model folders for every student family: config.json (``model_type``,
-the family's config, labels) + model.safetensors + preprocessor_config.json."""
+the family's config, labels) + model.safetensors + preprocessor_config.json, and the
+self-contained transformers code (``transformers_code``) that lets transformers load the
+folder with ``trust_remote_code=True``."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -13,6 +16,8 @@ from safetensors.torch import load_file, save_file
 from dass_distill.errors import UserError
 from dass_distill.frontend import PREPROCESSOR_CONFIG, KaldiFbank
 from dass_distill.registry import family_for_model_type, family_of
+
+from . import transformers_code
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -48,13 +53,29 @@ def save_pretrained(
         "id2label": {str(i): n for i, n in enumerate(label_names)},
         "label2id": {n: i for i, n in enumerate(label_names)},
         "label_ids": list(label_ids),
+        # Scores are per-class sigmoids: transformers' audio-classification pipeline reads this.
+        "problem_type": "multi_label_classification",
         **(extra or {}),
     }
+    if family.model_type in transformers_code.CLASSES:
+        config["auto_map"] = transformers_code.auto_map(family.model_type)
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     feature_extractor.save_pretrained(folder)
+    if family.model_type in transformers_code.CLASSES:
+        write_transformers_code(folder)
     return folder
+
+
+def write_transformers_code(folder: Path) -> None:
+    """Copy the remote-code files into ``folder`` and point its preprocessor config at them."""
+    for name in transformers_code.CODE_FILES:
+        shutil.copyfile(transformers_code.CODE_DIR / name, folder / name)
+    path = folder / PREPROCESSOR_CONFIG
+    config = json.loads(path.read_text())
+    config["auto_map"] = transformers_code.feature_extractor_auto_map()
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def load_config(folder: str | Path) -> dict:
