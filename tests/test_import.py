@@ -43,6 +43,14 @@ def _same_scores(folder, model, checkpoint, clip):
     with torch.no_grad():
         expected = torch.sigmoid(reference(tagger.featurize(wave).unsqueeze(0)))[0]
     torch.testing.assert_close(tagger.scores(wave).reshape(-1), expected, rtol=1e-4, atol=1e-5)
+    # The folder's own transformers code gives the same scores (pipelines on released models).
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+    hf_model = AutoModelForAudioClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    hf_features = AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True)
+    with torch.no_grad():
+        logits = hf_model(**hf_features(wave.numpy(), sampling_rate=16000, return_tensors="pt")).logits
+    torch.testing.assert_close(torch.sigmoid(logits)[0], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_import_dass_checkpoint_round_trip(tmp_path, labels, synth_data):
