@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dass_distill.data.augment import SpecAugment
+from dass_distill.data.augment import SpecAugment, TimeShift
 from dass_distill.data.dataset import ClipDataset, TeacherTargets, collate
 from dass_distill.data.manifest import load_manifest
 from dass_distill.logit_cache import LogitCacheReader, LogitCacheWriter
@@ -63,3 +63,17 @@ def test_spec_augment_masks_per_example():
     assert len(set(zero_freq.tolist())) > 1 or len(set(zero_time.tolist())) > 1  # masks differ per example
     kept = out != 0
     assert torch.equal(out[kept], x[kept])
+
+
+def test_time_shift_rolls_each_example_by_its_own_bounded_shift():
+    torch.manual_seed(0)
+    x = torch.randn(16, 120, 8)
+    out = TimeShift(25)(x)
+    shifts = []
+    for a, b in zip(x, out):
+        found = [s for s in range(-25, 26) if torch.equal(torch.roll(a, s, dims=0), b)]
+        assert len(found) == 1  # a whole roll of the example, within the bound
+        shifts += found
+    assert len(set(shifts)) > 4  # per example, not one shift for the batch
+    state = torch.get_rng_state()
+    assert TimeShift(0)(x) is x and torch.equal(torch.get_rng_state(), state)  # off: no draw, runs unchanged

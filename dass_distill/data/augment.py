@@ -25,3 +25,25 @@ class SpecAugment(nn.Module):
         if self.time is not None:
             x = self.time(x)
         return x.squeeze(1).transpose(1, 2)
+
+
+class TimeShift(nn.Module):
+    """Roll each example along time by its own whole number of frames, uniform in
+    ``[-max_frames, max_frames]`` (PANNs / EfficientAT's random roll): a sound may start
+    anywhere in the clip, which a model with absolute positions (AST) must learn from data.
+
+    Operates on (B, T, F) batches; draws from the global torch generator (as SpecAugment),
+    so checkpoints restore it.
+    """
+
+    def __init__(self, max_frames: int) -> None:
+        super().__init__()
+        self.max_frames = max_frames
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.max_frames <= 0:
+            return feats
+        B, T = feats.shape[:2]
+        shifts = torch.randint(-self.max_frames, self.max_frames + 1, (B, 1))
+        index = (torch.arange(T).unsqueeze(0) - shifts) % T  # out[t] = in[t - shift]
+        return feats.gather(1, index.to(feats.device).unsqueeze(-1).expand(-1, -1, feats.shape[2]))

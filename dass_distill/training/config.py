@@ -65,6 +65,8 @@ class AugmentConfig(_Section):
     mixup: float = Field(0.0, ge=0.0, le=1.0, description="share of clips mixed with another (waveform mixup); "
                                                             "with cached views, the views' own mixup is used")
     mixup_alpha: float = Field(10.0, gt=0.0, description="mixup weight lambda ~ Beta(alpha, alpha)")
+    time_shift: int = Field(0, ge=0, description="roll each clip's frames by up to this many (10 ms frames), "
+                                                  "uniform in both directions (ignored with cached views)")
 
 
 class OptimConfig(_Section):

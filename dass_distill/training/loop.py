@@ -24,7 +24,7 @@ from rich.text import Text
 from torch.utils.data import DataLoader
 
 from dass_distill.console import console, make_progress
-from dass_distill.data.augment import SpecAugment
+from dass_distill.data.augment import SpecAugment, TimeShift
 from dass_distill.data.dataset import ClipDataset, collate
 from dass_distill.data.manifest import LabelMap, default_label_map_path, load_manifest
 from dass_distill.errors import UserError
@@ -190,9 +190,10 @@ class Trainer:
         self.build_engine(self.model.module)
         o = cfg.optim
         self.loss_fn = DistillationLoss.from_config(cfg.distill, self.distilling)
-        # Cached views carry their own masks (the ones the teacher saw): no second SpecAugment.
-        self.augment = (SpecAugment(cfg.augment.freq_mask, cfg.augment.time_mask) if self.views is None
-                        else torch.nn.Identity())
+        # Cached views carry their own masks and shifts (the ones the teacher saw): none added here.
+        self.augment = (torch.nn.Sequential(TimeShift(cfg.augment.time_shift),
+                                            SpecAugment(cfg.augment.freq_mask, cfg.augment.time_mask))
+                        if self.views is None else torch.nn.Identity())
         self.state = TrainState()
         self.monitor = CollapseMonitor(prior_bce(prior), eval_chance,
                                        check_after=min(self.total_steps, o.warmup_steps + max(200, self.total_steps // 4)))
