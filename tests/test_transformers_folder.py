@@ -182,3 +182,16 @@ def test_folders_carry_the_code_and_auto_map(tmp_path):
     for name in transformers_code.CODE_FILES:
         assert (tmp_path / name).read_text() == (transformers_code.CODE_DIR / name).read_text()
     assert KaldiFbank.from_pretrained(tmp_path) == KaldiFbank(target_length=TARGET)  # the toolkit still reads it
+
+
+def test_folder_saved_back_by_transformers_loads_in_the_toolkit(tmp_path):
+    """Fine-tune with transformers, save_pretrained, and the toolkit still reads the folder."""
+    from dass_distill.inference import load_tagger
+
+    _folder(tmp_path / "src", "dass_tiny", {})
+    model = AutoModelForAudioClassification.from_pretrained(tmp_path / "src", trust_remote_code=True)
+    features = AutoFeatureExtractor.from_pretrained(tmp_path / "src", trust_remote_code=True)
+    model.save_pretrained(tmp_path / "resaved")
+    features.save_pretrained(tmp_path / "resaved")
+    wave = torch.randn(24000, generator=torch.Generator().manual_seed(3)) * 0.1
+    torch.testing.assert_close(load_tagger(tmp_path / "resaved").scores(wave), load_tagger(tmp_path / "src").scores(wave))
