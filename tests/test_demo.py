@@ -18,15 +18,19 @@ def test_demo_fast_runs_whole_chain(tmp_path):
         assert 0.0 < r["mAP"] <= 1.0
     for folder in ("teacher", "student_kd", "student_nokd"):
         assert (out / "models" / folder / "config.json").is_file()
-    assert (out / "cache.h5").is_file()
+    import h5py
+
+    with h5py.File(out / "cache.h5", "r") as f:  # the teacher's logits on augmented views of the students' clips
+        assert int(f["views"].attrs["count"]) == 2 and f["views/params"].shape[1] == 2
     assert len(saved["example_prediction"]["tags"]) == 3
 
 
 @pytest.mark.slow
 def test_demo_holds_the_readme_claim(tmp_path):
     """The full demo (seed 0, about 15 minutes on 2 cores): the README reports, for seed 0,
-    teacher 0.83, student with KD 0.76, without KD 0.71 (the teacher learned from 4x the
-    students' labelled clips); asserted loosely here (machines differ in the last bits)."""
+    teacher 0.83, student with KD from 10 cached views 0.74, without KD 0.70 (the teacher
+    learned from 4x the students' labelled clips); asserted loosely here (machines differ
+    in the last bits, and runs with them)."""
     from dass_distill.demo import run_demo
 
     summary = run_demo(tmp_path / "work", seed=0)
