@@ -140,10 +140,18 @@ def export_module(module: nn.Module, family: ModelFamily, fe: KaldiFbank, target
         # The reloaded folder's own front end makes its features: preprocessor_config.json is checked too.
         real = (clip_name, features, reloaded.featurize(clip)) if clip is not None else None
         report.checks += _verify("hf", module, reloaded.module, target_length, real, atol, family.any_length)
+        if family.model_type in transformers_code.CLASSES:
+            log("checking the folder's transformers code")
+            hf_model, hf_features = _load_with_transformers(out)
+            real = (clip_name, features, hf_features(clip)) if clip is not None else None
+            report.checks += _verify("transformers", module, hf_model, target_length, real, atol, family.any_length)
+            report.files["transformers"] = out / transformers_code.MODELING_FILE
         bad = [c for c in report.checks if not c.ok]
         if bad:
             c = bad[0]
-            raise UserError(f"export check failed: {out} differs from the checkpoint on {c.input} ({c.frames} "
+            what = f"{out}" if c.format == "hf" else \
+                f"{out} loaded by transformers (its {transformers_code.MODELING_FILE})"
+            raise UserError(f"export check failed: {what} differs from the checkpoint on {c.input} ({c.frames} "
                             f"frames) by {c.max_abs_diff:.3g} (> {c.atol:g})")
     if graph_formats:
         log(f"capturing the graph (torch.export, dynamic batch and time) for {', '.join(graph_formats)}")
@@ -164,6 +172,22 @@ def export_module(module: nn.Module, family: ModelFamily, fe: KaldiFbank, target
     if family.save_folder is save_pretrained:  # the toolkit's own folder format keeps a record and a card
         _record_exports(out, report, atol, family)
     return report
+
+
+def _load_with_transformers(folder: Path) -> tuple[Callable, Callable]:
+    """(fbank -> logits, waveform -> features) through transformers and the folder's own code only."""
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its weight-loading progress bar is noise inside export's own log
+    try:
+        model = AutoModelForAudioClassification.from_pretrained(folder, trust_remote_code=True).eval()
+        extractor = AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    features = lambda wave: torch.as_tensor(extractor(wave.numpy(), return_tensors="pt")["input_values"])[0]
+    return (lambda fbank: model(input_values=fbank).logits), features
 
 
 @torch.inference_mode()

@@ -36,10 +36,13 @@ def _wav(path, seconds: float, rate: int = SR, channels: int = 1, seed: int = 0)
 # --------------------------------------------------------------------------- export
 def test_export_writes_and_checks_every_format(exported):
     out, log = exported
-    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "model.onnx", "model.pt2"):
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "model.onnx", "model.pt2",
+                 "modeling_dass_distill.py"):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
-    assert set(config["exports"]) == {"hf", "onnx", "pt2"}
+    # transformers: the folder loaded through transformers and its own code, checked like the other formats
+    assert set(config["exports"]) == {"hf", "transformers", "onnx", "pt2"}
+    assert config["exports"]["transformers"]["file"] == "modeling_dass_distill.py"
     for fmt, entry in config["exports"].items():
         # random inputs at two durations and a real (rendered) clip, all within tolerance
         assert entry["checked_on"] == ["random", "synthetic 4 s scene"], fmt
@@ -128,16 +131,28 @@ def test_exporting_over_a_folder_removes_graph_files_of_other_weights(exported, 
     export_run(student_dir, out, log=messages.append)  # hf only
     assert not (out / "model.onnx").exists() and not (out / "model.pt2").exists()
     assert sum("removed" in m for m in messages) == 2
-    assert set(json.loads((out / "config.json").read_text())["exports"]) == {"hf"}
+    assert set(json.loads((out / "config.json").read_text())["exports"]) == {"hf", "transformers"}
 
 
-def test_export_fails_and_removes_an_artefact_outside_tolerance(student_dir, tmp_path):
-    from dass_distill.export import export_run
+def test_export_fails_and_removes_an_artefact_outside_tolerance(student_dir, tmp_path, monkeypatch):
+    import dass_distill.export as export
 
+    # The folder's transformers code also runs a pure-torch scan (~1e-7 off too): made exact here, so the
+    # graph file is the one that fails.
+    monkeypatch.setattr(export, "_load_with_transformers", lambda folder: (export.load_tagger(folder).module,
+                                                                           export.load_tagger(folder).featurize))
     # The graph runs the pure-torch scan, eager runs the fused kernel: ~1e-7 apart, never 0.
     with pytest.raises(UserError, match=r"pt2 export check failed, model.pt2 removed: random \(150 frames\) differs by"):
-        export_run(student_dir, tmp_path / "out", formats=["pt2"], atol=1e-12)
+        export.export_run(student_dir, tmp_path / "out", formats=["pt2"], atol=1e-12)
     assert not (tmp_path / "out" / "model.pt2").exists()
+
+
+def test_export_fails_when_the_folder_disagrees_under_transformers(student_dir, tmp_path):
+    from dass_distill.export import export_run
+
+    with pytest.raises(UserError, match=r"loaded by transformers \(its modeling_dass_distill.py\) differs from the "
+                                        r"checkpoint on random \(150 frames\)"):
+        export_run(student_dir, tmp_path / "out", atol=1e-12)
 
 
 # --------------------------------------------------------------------------- errors

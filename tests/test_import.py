@@ -56,7 +56,7 @@ def _same_scores(folder, model, checkpoint, clip):
 def test_import_dass_checkpoint_round_trip(tmp_path, labels, synth_data):
     ckpt = _dass_checkpoint(tmp_path / "dass_tiny.pth")
     report = import_checkpoint(ckpt, "dass_tiny", labels, tmp_path / "model", target_length=150, formats=["onnx"])
-    assert report.max_abs_diff < 1e-4 and set(report.files) == {"hf", "onnx"}
+    assert report.max_abs_diff < 1e-4 and set(report.files) == {"hf", "transformers", "onnx"}
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["training"]["imported_from"].endswith("dass_tiny.pth") and len(config["id2label"]) == 7
     card = (tmp_path / "model" / "README.md").read_text()
