@@ -100,6 +100,9 @@ def test_feature_extractor_is_the_toolkit_front_end(tmp_path):
     # A batch: clips padded with silence's features; a windowed clip's last window repeated.
     batch = hf([wave.numpy(), wave[:16000].numpy()], sampling_rate=16000, return_tensors="pt")["input_values"]
     assert tuple(batch.shape) == (2, 4, values.shape[1], 128)
+    as_list = hf(wave[:16000].tolist(), sampling_rate=16000, return_tensors="pt")["input_values"]  # one clip
+    torch.testing.assert_close(torch.as_tensor(as_list)[0], fe.one(wave[:16000], pad_to_target=False), rtol=0,
+                               atol=1e-5)
     with pytest.raises(ValueError, match="16000 Hz, got 8000 Hz"):
         hf(wave.numpy(), sampling_rate=8000)
 

@@ -120,7 +120,8 @@ class DassDistillFeatureExtractor(SequenceFeatureExtractor):
         if sampling_rate is not None and sampling_rate != self.sampling_rate:
             raise ValueError(f"this model takes audio at {self.sampling_rate} Hz, got {sampling_rate} Hz: resample it "
                              f"first (the audio-classification pipeline does, given {{'array', 'sampling_rate'}})")
-        single = isinstance(raw_speech, (np.ndarray, torch.Tensor)) and raw_speech.ndim == 1
+        single = (isinstance(raw_speech, (np.ndarray, torch.Tensor)) and raw_speech.ndim == 1) or (
+            isinstance(raw_speech, (list, tuple)) and len(raw_speech) > 0 and np.isscalar(raw_speech[0]))
         waves = [raw_speech] if single else list(raw_speech)
         tensors = []
         for w in waves:
