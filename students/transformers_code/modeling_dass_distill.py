@@ -24,29 +24,44 @@ from .configuration_dass_distill import AuMConfig, CNNBaselineConfig, DassConfig
 
 # ---------------------------------------------------------------------------- scans
 
-_CHUNK = 16
+def _scan(a, b):
+    """``h_t = a_t * h_{t-1} + b_t`` along the last axis from ``h_{-1} = 0``.
 
-
-def linear_recurrence(log_a, b, chunk=_CHUNK):
-    """``h_t = exp(log_a_t) * h_{t-1} + b_t`` along the last axis from ``h_{-1} = 0`` (``log_a <= 0``).
-
-    Chunks of ``chunk`` steps are solved at once (``h_k = sum_{s<=k} exp(S_k - S_s) b_s`` with
-    ``S`` the running sum of ``log_a``, every exponent <= 0), and the chunks' end states are
-    the same recurrence again, one level up: log-depth, plain torch ops, differentiable.
+    The sequence is cut into ``T`` chunks of ``K ~ sqrt(L)`` steps, laid out so that step ``k``
+    of every chunk is one contiguous slice: a loop over ``K`` finds each chunk's end state from
+    zero, the chunks' carries are the same recurrence over ``T`` (recursively), and a second
+    loop replays every chunk from its carry. ``2K`` steps of whole-tensor ops instead of ``L``.
     """
     L = b.shape[-1]
-    T = -(-L // chunk)
-    if T * chunk != L:
-        log_a = F.pad(log_a, (0, T * chunk - L))
-        b = F.pad(b, (0, T * chunk - L))
-    S = log_a.unflatten(-1, (T, chunk)).cumsum(-1)  # (..., T, K)
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=b.device).tril()
-    weights = (S.unsqueeze(-1) - S.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()
-    h = (weights @ b.unflatten(-1, (T, chunk)).unsqueeze(-1)).squeeze(-1)  # each chunk from a zero state
-    if T > 1:
-        ends = linear_recurrence(S[..., -1], h[..., -1], chunk)  # state after each chunk
-        h = h + S.exp() * F.pad(ends[..., :-1], (1, 0)).unsqueeze(-1)
-    return h.flatten(-2)[..., :L]
+    if L <= 16:  # short: the plain loop
+        h, out = torch.zeros_like(b[..., 0]), []
+        for t in range(L):
+            h = a[..., t] * h + b[..., t]
+            out.append(h)
+        return torch.stack(out, dim=-1)
+    K = math.isqrt(L)
+    T = -(-L // K)
+    if T * K != L:
+        a = F.pad(a, (0, T * K - L), value=1.0)
+        b = F.pad(b, (0, T * K - L))
+    A = a.unflatten(-1, (T, K)).movedim(-1, 0).contiguous()  # (K, ..., T)
+    B = b.unflatten(-1, (T, K)).movedim(-1, 0).contiguous()
+    h = torch.zeros_like(B[0])
+    for k in range(K):
+        h = A[k] * h + B[k]
+    ends = _scan(A.prod(0), h)  # the state after each chunk (T >= 4 chunks here)
+    h = F.pad(ends[..., :-1], (1, 0))  # the state entering each chunk
+    out = []
+    for k in range(K):
+        h = A[k] * h + B[k]
+        out.append(h)
+    return torch.stack(out, dim=-1).flatten(-2)[..., :L]
+
+
+def linear_recurrence(log_a, b):
+    """``h_t = exp(log_a_t) * h_{t-1} + b_t`` along the last axis from ``h_{-1} = 0``: plain torch
+    ops, any device, differentiable."""
+    return _scan(log_a.exp(), b)
 
 
 def selective_scan(u, delta, A, B, C, D, delta_bias):
