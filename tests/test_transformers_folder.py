@@ -197,4 +197,5 @@ def test_folder_saved_back_by_transformers_loads_in_the_toolkit(tmp_path):
     model.save_pretrained(tmp_path / "resaved")
     features.save_pretrained(tmp_path / "resaved")
     wave = torch.randn(24000, generator=torch.Generator().manual_seed(3)) * 0.1
-    torch.testing.assert_close(load_tagger(tmp_path / "resaved").scores(wave), load_tagger(tmp_path / "src").scores(wave))
+    resaved, source = load_tagger(tmp_path / "resaved"), load_tagger(tmp_path / "src")
+    torch.testing.assert_close(resaved.scores(wave), source.scores(wave))
