@@ -2,7 +2,7 @@
 
 Written into every exported student folder by dass-distill. Self-contained: it imports
 torch and transformers, not dass-distill, mamba-ssm or Triton, and runs on any device with
-plain torch ops (the selective scans are solved by a chunked parallel recurrence).
+plain torch ops (each selective scan is a chunked linear recurrence: two loops over sqrt(L) positions).
 Parameter names are the folder's ``model.safetensors`` keys, so the weights load as saved.
 
 Input: ``input_values``, the normalised Kaldi filterbank of the feature extractor,
