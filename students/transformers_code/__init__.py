@@ -37,7 +37,7 @@ def auto_map(model_type: str) -> dict[str, str]:
     return {
         "AutoConfig": f"{CONFIGURATION_FILE[:-3]}.{config_class}",
         "AutoModelForAudioClassification": f"{MODELING_FILE[:-3]}.{model_class}",
-        "AutoFeatureExtractor": f"{FEATURE_EXTRACTION_FILE[:-3]}.{FEATURE_EXTRACTOR_CLASS}",
+        **feature_extractor_auto_map(),
     }
 
 
