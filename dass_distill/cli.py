@@ -259,15 +259,15 @@ def train(
 def pretrain(
     ctx: typer.Context,
     config: Annotated[Optional[Path], typer.Option(help="pretraining config YAML")] = None,
-    model: Annotated[Optional[str], typer.Option(help="patch-token student (ssamba_tiny, aum_small, ...); "
+    model: Annotated[Optional[str], typer.Option(help="patch-token model (ssamba_tiny, aum_small, ast_tiny, ...); "
                                                       "overrides the config")] = None,
     output_dir: Annotated[Optional[Path], typer.Option(help="run folder; overrides the config")] = None,
     hostfile: Annotated[Optional[Path], typer.Option(help="DeepSpeed hostfile for multi-node training")] = None,
     procs: Annotated[Optional[int], typer.Option(
         help="processes on this machine (default: one per GPU, else 1)")] = None,
 ) -> None:
-    """Self-supervised masked-patch pretraining (SSAST / SSAMBA) of an AuM or SSAMBA student on
-    unlabelled audio. Extra KEY=VALUE args override the config; fine-tune the run with
+    """Self-supervised masked-patch pretraining (SSAST / SSAMBA) of an AuM or SSAMBA student or an
+    AST teacher on unlabelled audio. Extra KEY=VALUE args override the config; fine-tune the run with
     ``train pretrained=RUN``.
     """
     from dass_distill.training.config import PretrainConfig

@@ -44,7 +44,8 @@ class ModelFamily:
     ``init_from_released(model, path, label_ids, allow_pickle) -> bool`` starts a training
     run from one (True when the head was loaded too, False when it is new);
     ``init_from_pretraining(model, state, source) -> bool`` does the same from the weights of a
-    masked-patch pretraining run (``dass-distill pretrain``; None: the family cannot be pretrained).
+    masked-patch pretraining run (``dass-distill pretrain``; None: the family cannot be pretrained),
+    whose patches do not overlap: ``stride_options`` are set to the patch size there.
     """
 
     name: str
@@ -62,6 +63,7 @@ class ModelFamily:
     load_weights: Callable[..., nn.Module] | None = None
     init_from_released: Callable[..., bool] | None = None
     init_from_pretraining: Callable[..., bool] | None = None
+    stride_options: tuple[str, str] = ("fstride", "tstride")  # the (frequency, time) patch-stride options
     graph_export: bool = False  # ONNX / torch.export capture works (pure-torch path)
     any_length: bool = True  # takes any number of frames (no fixed position table)
 

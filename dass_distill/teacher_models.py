@@ -14,9 +14,11 @@ from pathlib import Path
 
 from transformers import ASTConfig
 
+from dass_distill.checkpoint_files import CheckpointError
 from dass_distill.errors import UserError
 from dass_distill.frontend import KaldiFbank
 from dass_distill.registry import ModelFamily, register_alias, register_family, register_model
+from dass_distill.students.masked_patches import split_pretraining_state
 from dass_distill.teachers import AST_CONFIGS, ASTClassifier, ASTTeacher, ast_config, load_teacher, save_ast_folder
 from dass_distill.teachers.ast import front_end_for as ast_front_end
 from dass_distill.teachers.ast_finetune import init_from_pretrained_ast
@@ -63,12 +65,38 @@ def ast_init_from_released(model: ASTClassifier, path: Path, label_ids: list[str
     return done["head"] == "kept"
 
 
+def ast_init_from_pretraining(model: ASTClassifier, state: dict, source: str | Path) -> bool:
+    """Fine-tune from an AST masked-patch pretraining run (SSAST): every transformer weight, the
+    positions adapted from the pretraining grid as for a released AST, a new head (False)."""
+    try:
+        encoder, (fdim, tdim) = split_pretraining_state(state)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    kernel = encoder.get("ast.audio_spectrogram_transformer.embeddings.patch_embeddings.projection.weight")
+    if kernel is None:
+        raise CheckpointError(f"ast: {source} was pretrained with another model family (no AST patch projection)")
+    patch = kernel.shape[-1]
+    pretrained = ASTClassifier.from_config(ASTConfig.from_dict({
+        **model.config.to_dict(), "num_mel_bins": fdim, "max_length": tdim, "frequency_stride": patch,
+        "time_stride": patch}))
+    pretrained.reset_classifier(0)
+    try:
+        pretrained.load_state_dict(encoder)
+    except RuntimeError as e:
+        raise CheckpointError(f"ast: {source} does not fit {model.config.hidden_size}-wide, "
+                              f"{model.config.num_hidden_layers}-layer AST ({str(e).splitlines()[0]}); fine-tune the "
+                              f"model that was pretrained") from None
+    init_from_pretrained_ast(model, pretrained, str(source), keep_head=False)
+    return False
+
+
 AST_FAMILY = register_family(ModelFamily(
     name="ast", model_type="audio-spectrogram-transformer", description="teacher (AST, trainable)",
     config_class=ASTConfig, model_class=ASTClassifier, student=False, options=AST_OPTIONS,
     make_config=ast_make_config, build=ASTClassifier.from_config,
     front_end=lambda config, target_length: ast_front_end(config),
     save_folder=ast_save_folder, load_folder=ast_load_folder, init_from_released=ast_init_from_released,
+    init_from_pretraining=ast_init_from_pretraining, stride_options=("frequency_stride", "time_stride"),
     graph_export=False, any_length=False,  # a fixed position table
 ))
 

@@ -25,7 +25,7 @@ original truncates a Python set, whose order favours low indices).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn as nn
@@ -36,8 +36,34 @@ PRETEXT_KEYS = ("mask_embed", "cpredlayer.", "gpredlayer.", "p_input_fdim", "p_i
 OBJECTIVES = ("joint", "nce", "mse")
 
 
+class PatchLayout(NamedTuple):
+    """How an encoder cuts a (frames x mel bins) filterbank into patch tokens."""
+
+    patch_size: int
+    fstride: int
+    tstride: int
+    embed_dim: int
+    num_mel_bins: int
+    target_length: int
+
+    def grid(self) -> tuple[int, int]:
+        """(frequency, time) patches of a ``target_length``-frame filterbank."""
+        return ((self.num_mel_bins - self.patch_size) // self.fstride + 1,
+                (self.target_length - self.patch_size) // self.tstride + 1)
+
+
+def patch_layout(encoder: nn.Module) -> PatchLayout:
+    """The fields the encoder's own ``patch_layout()`` returns as a dict (the AST teacher's:
+    transformers names them differently) or, for the Audio Mamba students, those of its config."""
+    if hasattr(encoder, "patch_layout"):
+        return PatchLayout(**encoder.patch_layout())
+    cfg = encoder.config
+    return PatchLayout(*(getattr(cfg, name) for name in PatchLayout._fields))
+
+
 class PatchEncoder(Protocol):
-    """What pretraining needs of a student: its patches and its per-patch outputs."""
+    """What pretraining needs of a model: its patches and its per-patch outputs (and a
+    :class:`PatchLayout`, from ``patch_layout()`` or its config)."""
 
     config: object
 
@@ -110,7 +136,7 @@ class MaskedPatchPretraining(nn.Module):
     def __init__(self, encoder: nn.Module, mask_patches: int, cluster: bool = True, objective: str = "joint",
                  nce_weight: float = 1.0, mse_weight: float = 10.0) -> None:
         super().__init__()
-        cfg = encoder.config
+        cfg = self.layout = patch_layout(encoder)
         if (cfg.fstride, cfg.tstride) != (cfg.patch_size, cfg.patch_size):
             raise ValueError(f"masked-patch pretraining needs patches that do not overlap (fstride = tstride = "
                              f"{cfg.patch_size}), got strides {cfg.fstride} x {cfg.tstride}; a masked patch would be "
@@ -120,7 +146,10 @@ class MaskedPatchPretraining(nn.Module):
         self.grid = cfg.grid()
         _check_count(mask_patches, self.grid[0] * self.grid[1])
         self.encoder = encoder
-        for head in ("head", "mlp_head"):  # the classifier has nothing to learn here
+        # The classifier has nothing to learn here.
+        if hasattr(encoder, "reset_classifier"):
+            encoder.reset_classifier(0)
+        for head in ("head", "mlp_head"):
             if hasattr(encoder, head):
                 setattr(encoder, head, nn.Identity())
         D, K = cfg.embed_dim, cfg.patch_size ** 2
@@ -158,7 +187,7 @@ class MaskedPatchPretraining(nn.Module):
         ``masks``: the patch indices to mask, one (B, M) tensor per encoder pass (two for the
         joint objective); drawn from torch's global generator when not given.
         """
-        cfg = self.encoder.config
+        cfg = self.layout
         if fbank.shape[1] != cfg.target_length:
             raise ValueError(f"pretraining takes clips of the configured {cfg.target_length} frames, "
                              f"got {fbank.shape[1]}")

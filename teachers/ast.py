@@ -60,6 +60,38 @@ class ASTClassifier(nn.Module):
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         return self.ast(input_values=fbank).logits
 
+    # Masked-patch pretraining (SSAST) reaches into the encoder through these three.
+    def patch_layout(self) -> dict:
+        """Patch size, strides, width and input size, in the students' names."""
+        c = self.config
+        return dict(patch_size=c.patch_size, fstride=c.frequency_stride, tstride=c.time_stride,
+                    embed_dim=c.hidden_size, num_mel_bins=c.num_mel_bins, target_length=c.max_length)
+
+    def patchify(self, fbank: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, T, F) -> (B, N, D) patch tokens (before positions) and their (F, T) grid."""
+        emb = self.ast.audio_spectrogram_transformer.embeddings
+        return emb.patch_embeddings(fbank), emb.get_shape(self.config)
+
+    def encode_patches(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, N, D) patch tokens -> (B, N, D) outputs at the patches (class and distillation tokens
+        left out); what the model computes between its patch projection and its pooling."""
+        encoder = self.ast.audio_spectrogram_transformer
+        emb = encoder.embeddings
+        if tuple(grid) != tuple(emb.get_shape(self.config)):
+            raise ValueError(f"AST's position table fits a {emb.get_shape(self.config)} grid, got {tuple(grid)}")
+        B = tokens.shape[0]
+        x = torch.cat([emb.cls_token.expand(B, -1, -1), emb.distillation_token.expand(B, -1, -1), tokens], dim=1)
+        x = emb.dropout(x + emb.position_embeddings)
+        for layer in encoder.layers:
+            x = layer(x, None)
+        return encoder.layernorm(x)[:, 2:]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """timm's idiom; only ``0`` (no classifier, for pretraining) is supported."""
+        if num_classes != 0:
+            raise ValueError("an AST's classifier is set by its config (num_labels); reset_classifier takes only 0")
+        self.ast.classifier = nn.Identity()
+
 
 def ast_config(size: str | dict, num_classes: int, target_length: int = 1024, label_ids: list[str] | None = None,
                label_names: list[str] | None = None, **overrides) -> ASTConfig:

@@ -20,6 +20,8 @@ from dass_distill.students.masked_patches import (
     random_mask,
 )
 from dass_distill.students.vim import resize_bilinear_antialias, resize_crop_or_interpolate
+from dass_distill.teachers.ast import ASTClassifier, ast_config
+from dass_distill.teachers.ast_finetune import resize_positions
 from dass_distill.training.config import PretrainConfig, load_config
 
 TINY = {"depth": 2, "embed_dim": 32}
@@ -29,8 +31,14 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+AST_TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
 def _pretext(model: str = "aum_tiny", frames: int = 150, masked: int = 20, **kw) -> MaskedPatchPretraining:
-    encoder = create_model(model, num_classes=1, target_length=frames, fstride=16, tstride=16, **TINY)
+    if model == "ast_tiny":
+        encoder = ASTClassifier.from_config(ast_config(AST_TINY, 1, frames, frequency_stride=16, time_stride=16))
+    else:
+        encoder = create_model(model, num_classes=1, target_length=frames, fstride=16, tstride=16, **TINY)
     return MaskedPatchPretraining(encoder, masked, **kw)
 
 
@@ -133,7 +141,24 @@ def test_joint_loss_is_nce_plus_ten_mse_by_hand():
         one(x, masks=masks)
 
 
-@pytest.mark.parametrize("model_name", ["aum_tiny", "ssamba_tiny"])
+def test_ast_patch_hooks_are_the_models_own_computation():
+    """patchify + encode_patches = the transformers AST's hidden states at the patches; the pretext
+    wrapper drops its classifier and reads its layout in the students' names."""
+    model = ASTClassifier.from_config(ast_config(AST_TINY, 3, 150, frequency_stride=16, time_stride=16)).eval()
+    x = torch.randn(2, 150, 128, generator=_gen(1))
+    tokens, grid = model.patchify(x)
+    assert grid == (8, 9) and tokens.shape == (2, 72, 32)
+    expected = model.ast.audio_spectrogram_transformer(input_values=x).last_hidden_state[:, 2:]
+    torch.testing.assert_close(model.encode_patches(tokens, grid), expected)
+    with pytest.raises(ValueError, match="position table"):
+        model.encode_patches(tokens, (9, 8))
+    pretext = MaskedPatchPretraining(model, 20)
+    assert pretext.grid == (8, 9) and not any(k.startswith("encoder.ast.classifier") for k in pretext.state_dict())
+    with pytest.raises(ValueError, match="do not overlap"):
+        MaskedPatchPretraining(ASTClassifier.from_config(ast_config(AST_TINY, 1, 150, frequency_stride=16)), 20)
+
+
+@pytest.mark.parametrize("model_name", ["aum_tiny", "ssamba_tiny", "ast_tiny"])
 def test_masked_patches_are_hidden_from_the_encoder(model_name):
     """Whatever is inside the masked patches, the outputs are the same; an unmasked patch matters."""
     model = _pretext(model_name, masked=30).eval()
@@ -165,7 +190,7 @@ def _overrides(synth_data, out, **extra) -> list[str]:
              "data.target_length": 150, "data.num_workers": 0, "data.memoize_features": True,
              "optim.batch_size": 4, "optim.lr": 2e-3, "optim.warmup_steps": 5, "optim.optimizer": "adamw",
              "masking.mask_patches": 24, "output_dir": str(out), "log_every": 1, **extra}
-    return [f"{k}={v}" for k, v in items.items()]
+    return [f"{k}={v}" for k, v in items.items() if v is not None]  # None: leave the key out
 
 
 def _losses(run) -> list[str]:
@@ -222,10 +247,10 @@ def test_pretraining_under_zero2_bf16_with_accumulation(tmp_path, synth_data):
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("model_name, frames", [("aum_tiny", 200), ("ssamba_tiny", 190)])
+@pytest.mark.parametrize("model_name, frames", [("aum_tiny", 200), ("ssamba_tiny", 190), ("ast_tiny", 200)])
 def test_train_starts_from_a_pretraining_run(tmp_path, synth_data, model_name, frames):
-    """The encoder's weights carry over; positions are fitted to the new length (and, for SSAMBA,
-    to the fine-tuning stride 10) as the family resizes them; the head is new."""
+    """The encoder's weights carry over; positions are fitted to the new length (and, for SSAMBA
+    and AST, to the fine-tuning stride 10) as the family resizes them; the head is new."""
     from dass_distill.training.checkpoint import load_trained_model
     from dass_distill.training.loop import train
     from helpers import base_overrides
@@ -233,16 +258,30 @@ def test_train_starts_from_a_pretraining_run(tmp_path, synth_data, model_name, f
     pre = tmp_path / "pre"
     from dass_distill.training.pretrain import pretrain
 
-    pretrain(load_config(None, _overrides(synth_data, pre, model=model_name, **{"optim.max_steps": 2,
-                                                                                "data.eval": "null"}),
-                         PretrainConfig))
+    if model_name == "ast_tiny":
+        size = {f"model_args.{k}": v for k, v in AST_TINY.items()}
+        stride = {"model_args.frequency_stride": 10, "model_args.time_stride": 10}
+    else:
+        size, stride = {"model_args.depth": 2, "model_args.embed_dim": 32}, {}
+    pretrain(load_config(None, _overrides(synth_data, pre, model=model_name, **{
+        "optim.max_steps": 2, "data.eval": "null", "model_args.depth": None, "model_args.embed_dim": None, **size}),
+        PretrainConfig))
     source = latest_weights(pre)
     over = base_overrides(synth_data, tmp_path / "ft", model=model_name, **{
-        "model_args.depth": 2, "model_args.embed_dim": 32, "pretrained": pre, "data.target_length": frames,
+        **size, **stride, "pretrained": pre, "data.target_length": frames,
         "optim.max_steps": 1, "optim.lr": 1e-12, "optim.warmup_steps": 0, "data.eval": "null"})
     train(load_config(None, over))
     model, *_ = load_trained_model(tmp_path / "ft")
     state = model.module.state_dict()
+    if model_name == "ast_tiny":
+        # SSAST: pretrained at stride 16 on 150 frames (8 x 9), fine-tuned at stride 10 on 200 (12 x 19).
+        layer = "ast.audio_spectrogram_transformer.layers.1.mlp.fc1.weight"
+        torch.testing.assert_close(state[layer], source["encoder." + layer], rtol=1e-6, atol=1e-9)
+        key = "ast.audio_spectrogram_transformer.embeddings.position_embeddings"
+        assert state[key].shape[1] == 2 + 12 * 19
+        torch.testing.assert_close(state[key], resize_positions(source["encoder." + key], (8, 9), (12, 19)),
+                                   rtol=1e-5, atol=1e-7)
+        return
     prefix = "v." if model_name == "ssamba_tiny" else ""
     layer = f"{prefix}layers.1.mixer.in_proj.weight"
     torch.testing.assert_close(state[layer], source["encoder." + layer], rtol=1e-6, atol=1e-9)
@@ -262,7 +301,7 @@ def test_pretraining_run_errors(tmp_path, synth_data):
     from dass_distill.training.pretrain import pretrain
     from helpers import base_overrides
 
-    with pytest.raises(UserError, match="patch-token students"):
+    with pytest.raises(UserError, match="patch-token models"):
         pretrain(load_config(None, _overrides(synth_data, tmp_path / "d", model="dass_tiny"), PretrainConfig))
     with pytest.raises(UserError, match="do not overlap"):
         pretrain(load_config(None, _overrides(synth_data, tmp_path / "o", **{"model_args.fstride": 10}),

@@ -25,7 +25,7 @@ from dass_distill.data.manifest import LabelMap, load_audio_list
 from dass_distill.errors import UserError
 from dass_distill.models import build_model
 from dass_distill.registry import family_of, model_config
-from dass_distill.students.masked_patches import MaskedPatchPretraining
+from dass_distill.students.masked_patches import MaskedPatchPretraining, patch_layout
 from dass_distill.training.checkpoint import ModelInfo
 from dass_distill.training.config import PretrainConfig, dump_config
 from dass_distill.training.distributed import rank, world_size
@@ -40,15 +40,15 @@ def build_pretraining_model(cfg: PretrainConfig):
     args = dict(cfg.model_args)
     family = family_of(cfg.model)
     if family.init_from_pretraining is None:
-        raise UserError(f"pretrain works for the patch-token students (aum_*, ssamba_*); {cfg.model} is a "
+        raise UserError(f"pretrain works for the patch-token models (aum_*, ssamba_*, ast_*); {cfg.model} is a "
                         f"{family.name} model")
     patch = model_config(cfg.model, 0, cfg.data.target_length, **args).patch_size
-    # Pretraining cuts patches that do not overlap (SSAMBA: stride 16, fine-tuning 10).
-    for key in ("fstride", "tstride"):
+    # Pretraining cuts patches that do not overlap (SSAST / SSAMBA: stride 16, fine-tuning 10).
+    for key in family.stride_options:
         args.setdefault(key, patch)
     # One dummy class: the classifier is dropped by the pretext wrapper (a 0-wide one warns at init).
     model = build_model(cfg.model, LabelMap(("unused",), ("unused",)), cfg.data.target_length, **args)
-    grid = model.module.config.grid()
+    grid = patch_layout(model.module).grid()
     try:
         module = MaskedPatchPretraining(model.module, cfg.masking.count(grid[0] * grid[1]), cfg.masking.cluster,
                                         cfg.masking.objective, cfg.masking.nce_weight, cfg.masking.mse_weight)
