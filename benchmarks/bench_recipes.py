@@ -4,13 +4,19 @@ same budget, over several seeds, in one run.
     python benchmarks/bench_recipes.py                                  # the demo's synthetic set
     python benchmarks/spoken_words.py --out data/spoken_words          # needs espeak-ng
     python benchmarks/bench_recipes.py --data data/spoken_words --seeds 0 1 2
+    python benchmarks/spoken_words.py --out data/spoken_words --unlabelled 2400
+    python benchmarks/bench_recipes.py --data data/spoken_words --pretrain-audio data/spoken_words/unlabelled.txt
 
 Rows, per seed (numbers: eval mAP of the final model):
 
 * the teacher recipe (``demo_teacher.yaml``, AST) and ``cnn_baseline`` under the same recipe
   (steps, batch, learning rate, schedule, augmentation);
+* with ``--pretrain-audio``: the AST pretrained on that unlabelled audio plus the labelled
+  training clips (``teacher_pretrain.yaml``, SSAST's masked patches), then fine-tuned with
+  the teacher recipe at time stride 8 (``pretrained=RUN``);
 * the student recipe (``demo_student.yaml``, DASS) without KD, with KD from that seed's
-  teacher (its logits cached once), and ``cnn_baseline`` under the student recipe.
+  teacher (its logits cached once), and ``cnn_baseline`` under the student recipe
+  (``--teachers-only`` skips these).
 
 A run counts as collapsed when ``train`` judged it so (training loss at the label prior
 or eval mAP at chance; see dass_distill/training/health.py).
@@ -23,7 +29,8 @@ import json
 import time
 from pathlib import Path
 
-from recipe_runs import console, export_final, final_map, markdown_table, prepare_data, print_table, train_run
+from recipe_runs import (console, export_final, final_map, markdown_table, prepare_data, pretrain_list, pretrain_run,
+                         print_table, train_run)
 
 
 def main() -> None:
@@ -33,6 +40,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("bench_work/recipes"))
     ap.add_argument("--no-kd", action="store_true", help="skip the teacher's cache and the KD student")
     ap.add_argument("--max-steps", type=int, default=None, help="cap every run (a smoke test; numbers mean nothing)")
+    ap.add_argument("--pretrain-audio", type=Path, default=None,
+                    help="unlabelled audio (folder, .txt list or manifest): add the pretrained-teacher row")
+    ap.add_argument("--teachers-only", action="store_true", help="only the teacher-recipe rows")
     args = ap.parse_args()
     cap = {"optim.max_steps": args.max_steps} if args.max_steps else {}
 
@@ -53,6 +63,14 @@ def main() -> None:
         add(("ast_tiny", "teacher recipe"), train_run("demo_teacher.yaml", data, s / "teacher", seed, **cap))
         add(("cnn_baseline", "teacher recipe"), train_run("demo_teacher.yaml", data, s / "cnn_teacher_recipe", seed,
                                                           model="cnn_baseline", **cap))
+        if args.pretrain_audio:
+            audio = pretrain_list(args.pretrain_audio, data, work)
+            pre = pretrain_run(audio, data, s / "teacher_pretrain", seed, **cap)
+            add(("ast_tiny", "pretrain, then teacher recipe (time stride 8)"),
+                train_run("demo_teacher.yaml", data, s / "teacher_pretrained", seed, pretrained=pre,
+                          **{"model_args.time_stride": 8}, **cap))
+        if args.teachers_only:
+            continue
         add(("dass_tiny", "student recipe, no KD"), train_run("demo_student.yaml", data, s / "student_nokd", seed,
                                                               **{"distill.kd_weight": 0}, **cap))
         if not args.no_kd:

@@ -57,6 +57,32 @@ def train_run(config: str, data: dict, out: Path, seed: int, **overrides) -> dic
     return train(load_config(shipped_config(config), [f"{k}={v}" for k, v in items.items()]))
 
 
+def pretrain_list(audio: Path, data: dict, work: Path) -> Path:
+    """A .txt list of the unlabelled ``audio`` and the labelled training clips (labels unused)."""
+    from dass_distill.data.manifest import load_audio_list
+
+    out = work / "pretrain_audio.txt"
+    if not out.is_file():
+        paths = [str(c.path) for c in load_audio_list(audio).clips + load_audio_list(data["train"]).clips]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(paths) + "\n")
+    return out
+
+
+def pretrain_run(audio: Path, data: dict, out: Path, seed: int, config: str = "teacher_pretrain.yaml",
+                 **overrides) -> Path:
+    """Masked-patch pretraining with a shipped config on ``audio`` (held-out pretext losses on the
+    eval clips); returns the run folder (reused when finished)."""
+    from dass_distill.training.config import PretrainConfig, load_config
+    from dass_distill.training.pretrain import pretrain
+
+    if not (out / "summary.json").is_file():
+        items = {"data.train": audio, "data.eval": data["eval"],
+                 "data.target_length": int(round(data["seconds"] * 100)), "seed": seed, "output_dir": out, **overrides}
+        pretrain(load_config(shipped_config(config), [f"{k}={v}" for k, v in items.items()], PretrainConfig))
+    return out
+
+
 def final_map(summary: dict) -> float:
     """Eval mAP of the model at the end of training."""
     return float(summary["health"]["final_eval_mAP"])

@@ -6,6 +6,11 @@ voice x variant pairs with their own pitch and rate; the evaluation speakers are
 disjoint from the training speakers, so the task is to recognise words, not voices.
 
     python benchmarks/spoken_words.py --out data/spoken_words      # 480 train / 200 eval clips
+    python benchmarks/spoken_words.py --out data/spoken_words --unlabelled 2400
+
+``--unlabelled N`` adds N clips of other words (none of the ten) by the training speakers,
+listed in ``unlabelled.txt``: audio for masked-patch pretraining (``dass-distill pretrain``),
+made after the labelled clips, so those stay the same.
 
 Needs the ``espeak-ng`` program (Debian/Ubuntu: ``apt-get install espeak-ng``). The
 layout is the one ``dass-distill synth`` writes (``train.json``, ``eval.json``,
@@ -34,6 +39,12 @@ VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-gb-x-g
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt3",
             "klatt4")
 SAMPLE_RATE = 16000
+#: Words of the unlabelled pool: common English words, none of them a keyword.
+OTHER_WORDS = ("bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow", "zero", "one",
+               "two", "three", "four", "five", "six", "seven", "eight", "nine", "forward", "backward", "follow",
+               "learn", "visual", "water", "table", "green", "yellow", "music", "window", "paper", "apple", "river",
+               "morning", "evening", "light", "sound", "voice", "people", "little", "number", "better", "later",
+               "open", "close", "again", "never", "always", "maybe")
 
 
 def speakers(rng: np.random.Generator, count: int, pool: list[tuple[str, str]]) -> list[dict]:
@@ -74,7 +85,7 @@ def clip_of(word_wave: np.ndarray, rng: np.random.Generator, seconds: float) -> 
 
 
 def make_spoken_words(out: Path, train_per_word: int = 48, eval_per_word: int = 20, train_speakers: int = 40,
-                      eval_speakers: int = 12, seconds: float = 2.0, seed: int = 0) -> dict:
+                      eval_speakers: int = 12, seconds: float = 2.0, seed: int = 0, unlabelled: int = 0) -> dict:
     """Write the dataset to ``out``; returns its manifests and counts."""
     if shutil.which("espeak-ng") is None:
         raise SystemExit("spoken_words: the espeak-ng program is not installed (apt-get install espeak-ng)")
@@ -103,7 +114,25 @@ def make_spoken_words(out: Path, train_per_word: int = 48, eval_per_word: int = 
         write_json_manifest(out / f"{split}.json", clips, relative_to=out)
         result[f"{split}_manifest"] = str(out / f"{split}.json")
         result[f"num_{split}"] = len(clips)
+    if unlabelled:
+        result.update(write_unlabelled(out, splits["train"][0], unlabelled, seconds, seed))
     return result
+
+
+def write_unlabelled(out: Path, spks: list[dict], count: int, seconds: float, seed: int) -> dict:
+    """``count`` clips of :data:`OTHER_WORDS` by the training speakers ``spks``, listed in unlabelled.txt."""
+    rng = np.random.default_rng([seed, 1])  # its own stream: the labelled clips do not depend on it
+    folder = out / "audio" / "unlabelled"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(count):
+        word = OTHER_WORDS[int(rng.integers(len(OTHER_WORDS)))]
+        path = folder / f"unlabelled_{k:05d}.wav"
+        sf.write(path, clip_of(say(word, spks[int(rng.integers(len(spks)))], rng), rng, seconds), SAMPLE_RATE,
+                 subtype="PCM_16")
+        paths.append(path.relative_to(out).as_posix())
+    (out / "unlabelled.txt").write_text("\n".join(paths) + "\n")
+    return {"unlabelled_list": str(out / "unlabelled.txt"), "num_unlabelled": count}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,9 +141,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-per-word", type=int, default=48)
     p.add_argument("--eval-per-word", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unlabelled", type=int, default=0, help="also N clips of other words, for pretraining")
     a = p.parse_args(argv)
-    info = make_spoken_words(a.out, a.train_per_word, a.eval_per_word, seed=a.seed)
-    print(f"wrote {info['num_train']} train / {info['num_eval']} eval clips to {a.out}", file=sys.stderr)
+    info = make_spoken_words(a.out, a.train_per_word, a.eval_per_word, seed=a.seed, unlabelled=a.unlabelled)
+    extra = f" and {info['num_unlabelled']} unlabelled" if a.unlabelled else ""
+    print(f"wrote {info['num_train']} train / {info['num_eval']} eval clips{extra} to {a.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,31 @@ def test_benchmark_runs(tmp_path, script):
     assert all(0.0 <= v <= 1.0 for row in results["rows"] for v in row["mAP"])
 
 
+@pytest.mark.slow
+def test_recipe_benchmark_with_a_pretrained_teacher(tmp_path):
+    """--pretrain-audio adds the pretrain-then-fine-tune teacher row; --teachers-only stops there."""
+    import numpy as np
+    import soundfile as sf
+    from helpers import clean_env
+
+    audio = tmp_path / "unlabelled"
+    audio.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        sf.write(audio / f"u{k}.wav", (0.1 * rng.standard_normal(32000)).astype("float32"), 16000)
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_recipes.py"), "--seeds", "0", "--max-steps", "1",
+                           "--pretrain-audio", str(audio), "--teachers-only", "--work", str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=900,
+                          env={**clean_env(), "DS_ACCELERATOR": "cpu", "DASS_DISTILL_NO_PROGRESS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next(tmp_path.rglob("results.json")).read_text())
+    assert [r["recipe"] for r in results["rows"]] == ["teacher recipe", "teacher recipe",
+                                                      "pretrain, then teacher recipe (time stride 8)"]
+    pre = next(tmp_path.rglob("teacher_pretrain"))
+    assert json.loads((pre / "model.json").read_text())["task"] == "pretrain"
+    assert len((tmp_path / "w" / "synth" / "pretrain_audio.txt").read_text().split()) == 3 + 400
+
+
 def _bench(*args: str) -> str:
     from helpers import clean_env
 
