@@ -314,6 +314,14 @@ def test_pretraining_run_errors(tmp_path, synth_data):
                                                **{"model_args.depth": 2, "model_args.embed_dim": 32})))
     with pytest.raises(UserError, match="pretraining run"):
         export_run(pre, tmp_path / "export")
+    ast_pre = tmp_path / "ast_pre"
+    size = {f"model_args.{k}": v for k, v in AST_TINY.items()}
+    pretrain(load_config(None, _overrides(synth_data, ast_pre, model="ast_tiny", **{
+        "optim.max_steps": 1, "data.eval": "null", "model_args.depth": None, "model_args.embed_dim": None, **size}),
+        PretrainConfig))
+    with pytest.raises(UserError, match="does not fit 48-wide, 2-layer AST"):
+        train(load_config(None, base_overrides(synth_data, tmp_path / "ast_ft", model="ast_tiny", pretrained=ast_pre,
+                                               **{**size, "model_args.hidden_size": 48})))
 
 
 def test_audio_lists(tmp_path, synth_data):
