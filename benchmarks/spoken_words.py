@@ -9,8 +9,9 @@ disjoint from the training speakers, so the task is to recognise words, not voic
     python benchmarks/spoken_words.py --out data/spoken_words --unlabelled 2400
 
 ``--unlabelled N`` adds N clips of other words (none of the ten) by the training speakers,
-listed in ``unlabelled.txt``: audio for masked-patch pretraining (``dass-distill pretrain``),
-made after the labelled clips, so those stay the same.
+listed in ``unlabelled.txt``, and ``pretrain.txt``: those and the training clips, the audio
+for masked-patch pretraining (``dass-distill pretrain data.train=.../pretrain.txt``). They
+are made after the labelled clips, so those stay the same.
 
 Needs the ``espeak-ng`` program (Debian/Ubuntu: ``apt-get install espeak-ng``). The
 layout is the one ``dass-distill synth`` writes (``train.json``, ``eval.json``,
@@ -132,7 +133,10 @@ def write_unlabelled(out: Path, spks: list[dict], count: int, seconds: float, se
                  subtype="PCM_16")
         paths.append(path.relative_to(out).as_posix())
     (out / "unlabelled.txt").write_text("\n".join(paths) + "\n")
-    return {"unlabelled_list": str(out / "unlabelled.txt"), "num_unlabelled": count}
+    train = sorted(p.relative_to(out).as_posix() for p in (out / "audio" / "train").glob("*.wav"))
+    (out / "pretrain.txt").write_text("\n".join(train + paths) + "\n")
+    return {"unlabelled_list": str(out / "unlabelled.txt"), "pretrain_list": str(out / "pretrain.txt"),
+            "num_unlabelled": count}
 
 
 def main(argv: list[str] | None = None) -> None:
