@@ -56,6 +56,7 @@ def main() -> None:
     work = work / data["name"]
     chance = chance_map(load_manifest(data["eval"]).targets())
     runs: dict[tuple[str, str], list[dict]] = {}
+    pretrain_audio = pretrain_list(args.pretrain_audio, data, work) if args.pretrain_audio else None
     t0 = time.perf_counter()
     for seed in args.seeds:
         s = work / f"seed_{seed}"
@@ -63,9 +64,8 @@ def main() -> None:
         add(("ast_tiny", "teacher recipe"), train_run("demo_teacher.yaml", data, s / "teacher", seed, **cap))
         add(("cnn_baseline", "teacher recipe"), train_run("demo_teacher.yaml", data, s / "cnn_teacher_recipe", seed,
                                                           model="cnn_baseline", **cap))
-        if args.pretrain_audio:
-            audio = pretrain_list(args.pretrain_audio, data, work)
-            pre = pretrain_run(audio, data, s / "teacher_pretrain", seed, **cap)
+        if pretrain_audio:
+            pre = pretrain_run(pretrain_audio, data, s / "teacher_pretrain", seed, **cap)
             add(("ast_tiny", "pretrain, then teacher recipe (time stride 8)"),
                 train_run("demo_teacher.yaml", data, s / "teacher_pretrained", seed, pretrained=pre,
                           **{"model_args.time_stride": 8}, **cap))

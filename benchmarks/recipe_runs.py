@@ -62,10 +62,9 @@ def pretrain_list(audio: Path, data: dict, work: Path) -> Path:
     from dass_distill.data.manifest import load_audio_list
 
     out = work / "pretrain_audio.txt"
-    if not out.is_file():
-        paths = [str(c.path) for c in load_audio_list(audio).clips + load_audio_list(data["train"]).clips]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(paths) + "\n")
+    paths = [str(c.path) for c in load_audio_list(audio).clips + load_audio_list(data["train"]).clips]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(paths) + "\n")
     return out
 
 
