@@ -52,6 +52,12 @@ class AuM(nn.Module):
     def get_classifier(self) -> nn.Linear:
         return self.head
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """timm's idiom; only ``0`` (no classifier: pretraining) is supported."""
+        if num_classes != 0:
+            raise ValueError("AuM's classifier is set by its config (num_classes); reset_classifier takes only 0")
+        self.head = nn.Identity()
+
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed.pos_embed"} | {
             n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}

@@ -62,14 +62,17 @@ def patch_layout(encoder: nn.Module) -> PatchLayout:
 
 
 class PatchEncoder(Protocol):
-    """What pretraining needs of a model: its patches and its per-patch outputs (and a
-    :class:`PatchLayout`, from ``patch_layout()`` or its config)."""
+    """What pretraining needs of a model: its patches, its per-patch outputs, a way to drop its
+    classifier (timm's ``reset_classifier(0)``) and a :class:`PatchLayout` (from
+    ``patch_layout()`` or its config)."""
 
     config: object
 
     def patchify(self, fbank: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]: ...
 
     def encode_patches(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor: ...
+
+    def reset_classifier(self, num_classes: int) -> None: ...
 
 
 def cluster_mask(grid: tuple[int, int], count: int, generator: torch.Generator | None = None,
@@ -146,12 +149,7 @@ class MaskedPatchPretraining(nn.Module):
         self.grid = cfg.grid()
         _check_count(mask_patches, self.grid[0] * self.grid[1])
         self.encoder = encoder
-        # The classifier has nothing to learn here.
-        if hasattr(encoder, "reset_classifier"):
-            encoder.reset_classifier(0)
-        for head in ("head", "mlp_head"):
-            if hasattr(encoder, head):
-                setattr(encoder, head, nn.Identity())
+        encoder.reset_classifier(0)  # the classifier has nothing to learn here
         D, K = cfg.embed_dim, cfg.patch_size ** 2
         self.mask_embed = nn.Parameter(torch.empty(1, 1, D))
         nn.init.xavier_normal_(self.mask_embed)

@@ -85,6 +85,12 @@ class SSAMBA(nn.Module):
     def get_classifier(self) -> nn.Linear:
         return self.mlp_head[1]
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """timm's idiom; only ``0`` (no classifier: pretraining) is supported."""
+        if num_classes != 0:
+            raise ValueError("SSAMBA's classifier is set by its config (num_classes); reset_classifier takes only 0")
+        self.mlp_head = nn.Identity()
+
     def no_weight_decay(self) -> set[str]:
         return {"v.cls_token", "v.pos_embed"} | {
             n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
