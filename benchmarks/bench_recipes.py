@@ -9,7 +9,8 @@ same budget, over several seeds, in one run.
 
 Rows, per seed (numbers: eval mAP of the final model):
 
-* the teacher recipe (``demo_teacher.yaml``, AST) and ``cnn_baseline`` under the same recipe
+* the teacher recipe (``demo_teacher.yaml``, AST), the same recipe with ``htsat_tiny`` (HTS-AT's
+  windowed attention, the teacher for small sets) and ``cnn_baseline`` under that recipe
   (steps, batch, learning rate, schedule, augmentation);
 * with ``--pretrain-audio``: the AST pretrained on that unlabelled audio plus the labelled
   training clips (``teacher_pretrain.yaml``, SSAST's masked patches), then fine-tuned with
@@ -62,6 +63,8 @@ def main() -> None:
         s = work / f"seed_{seed}"
         add = lambda key, summary: runs.setdefault(key, []).append(summary)
         add(("ast_tiny", "teacher recipe"), train_run("demo_teacher.yaml", data, s / "teacher", seed, **cap))
+        add(("htsat_tiny", "teacher recipe"), train_run("demo_teacher.yaml", data, s / "teacher_htsat", seed,
+                                                        model="htsat_tiny", **cap))
         add(("cnn_baseline", "teacher recipe"), train_run("demo_teacher.yaml", data, s / "cnn_teacher_recipe", seed,
                                                           model="cnn_baseline", **cap))
         if pretrain_audio:

@@ -139,12 +139,14 @@ def export_module(module: nn.Module, family: ModelFamily, fe: KaldiFbank, target
         reloaded = load_tagger(out)
         # The reloaded folder's own front end makes its features: preprocessor_config.json is checked too.
         real = (clip_name, features, reloaded.featurize(clip)) if clip is not None else None
-        report.checks += _verify("hf", module, reloaded.module, target_length, real, atol, family.any_length)
+        report.checks += _verify("hf", module, reloaded.module, target_length, real, atol, family.any_length,
+                                 fe.num_mel_bins)
         if family.model_type in transformers_code.CLASSES:
             log("checking the folder's transformers code")
             hf_model, hf_features = _load_with_transformers(out)
             real = (clip_name, features, hf_features(clip)) if clip is not None else None
-            report.checks += _verify("transformers", module, hf_model, target_length, real, atol, family.any_length)
+            report.checks += _verify("transformers", module, hf_model, target_length, real, atol, family.any_length,
+                                     fe.num_mel_bins)
             report.files["transformers"] = out / transformers_code.MODELING_FILE
         bad = [c for c in report.checks if not c.ok]
         if bad:
@@ -160,7 +162,8 @@ def export_module(module: nn.Module, family: ModelFamily, fe: KaldiFbank, target
         log(f"writing and checking {GRAPH_FILES[fmt]}")
         path = save_graph(program, out, fmt)
         real = (clip_name, features, features) if clip is not None else None
-        checks = _verify(fmt, module, load_graph(out, fmt, module.config.num_classes), target_length, real, atol)
+        checks = _verify(fmt, module, load_graph(out, fmt, module.config.num_classes), target_length, real, atol,
+                         mel_bins=fe.num_mel_bins)
         report.checks += checks
         bad = [c for c in checks if not c.ok]
         if bad:
@@ -192,14 +195,15 @@ def _load_with_transformers(folder: Path) -> tuple[Callable, Callable]:
 
 @torch.inference_mode()
 def _verify(fmt: str, reference: nn.Module, candidate: Callable[[torch.Tensor], torch.Tensor], target_length: int,
-            real: tuple[str, torch.Tensor, torch.Tensor] | None, atol: float, any_length: bool = True) -> list[Check]:
+            real: tuple[str, torch.Tensor, torch.Tensor] | None, atol: float, any_length: bool = True,
+            mel_bins: int = 128) -> list[Check]:
     """Max |logit diff| of ``candidate`` vs ``reference`` on random filterbanks (batch 2) at
     the training length and, for models that take any length, at 2.5x it (an odd length),
     and on a real clip (``(name, reference features, candidate features)``) when there is one."""
     g = torch.Generator().manual_seed(0)
     checks = []
     for n in (target_length, target_length * 5 // 2 + 1)[: 2 if any_length else 1]:
-        feats = torch.randn(2, n, 128, generator=g)
+        feats = torch.randn(2, n, mel_bins, generator=g)
         checks.append(Check(fmt, "random", n, (reference(feats) - candidate(feats)).abs().max().item(), atol))
     if real is not None:
         name, ref_in, cand_in = real

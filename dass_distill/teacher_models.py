@@ -1,10 +1,12 @@
-"""Teachers you can train on your own labels: AST and SSLAM (EAT) as registered model families.
+"""Teachers you can train on your own labels: AST, SSLAM (EAT) and HTS-AT as registered model families.
 
-The released checkpoints of both load as teachers (``dass-distill cache --teacher
-ast:FILE``); these entries let ``train`` build them from scratch or fine-tune them
-(``train --model ast pretrained=audioset_10_10_0.4593.pth``), and ``export`` write folders
-that the teacher loaders read back. An ensemble of different kinds (AST + SSLAM) is
-then two trainings and one cache.
+The released checkpoints load as teachers (``dass-distill cache --teacher ast:FILE``);
+these entries let ``train`` build them from scratch or fine-tune them (``train --model ast
+pretrained=audioset_10_10_0.4593.pth``), and ``export`` write folders that the teacher
+loaders read back. An ensemble of different kinds (AST + SSLAM) is then two trainings and
+one cache. HTS-AT trains on the Kaldi filterbank (``HTSATFbankClassifier``): its windowed,
+hierarchical attention learns a set of a few hundred clips from scratch where AST's global
+attention over 16 x 16 patches does not (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dass_distill.students.masked_patches import split_pretraining_state
 from dass_distill.teachers import AST_CONFIGS, ASTClassifier, ASTTeacher, ast_config, load_teacher, save_ast_folder
 from dass_distill.teachers.ast import front_end_for as ast_front_end
 from dass_distill.teachers.ast_finetune import init_from_pretrained_ast
+from dass_distill.teachers.htsat import HTSATConfig, HTSATFbankClassifier, load_htsat_folder, save_htsat_folder
 from dass_distill.teachers.sslam import (SSLAMClassifier, SSLAMConfig, load_sslam_classifier,
                                          save_sslam_safetensors)
 from dass_distill.teachers.sslam import front_end_for as sslam_front_end
@@ -150,3 +153,59 @@ SSLAM_FAMILY = register_family(ModelFamily(
 def sslam_tiny() -> dict:
     """A 3-layer, 96-wide EAT ViT: a second teacher kind for the demo's ensembles (released: ViT-B)."""
     return dict(embed_dim=96, depth=3, num_heads=3)
+
+
+# --------------------------------------------------------------------------- HTS-AT
+HTSAT_OPTIONS = ("embed_dim", "depths", "num_heads", "window_size", "mlp_ratio", "qkv_bias", "patch_size",
+                 "mel_bins", "spec_size", "ape", "drop_path_rate", "norm_eps")
+
+
+def htsat_spec_size(mel_bins: int, target_length: int) -> int:
+    """The smallest HTS-AT image side ``mel_bins * r`` (r a power of two, so every stage's grid halves
+    into whole windows) whose folding holds ``target_length`` frames: ``spec_size * freq_ratio``."""
+    r = 1
+    while mel_bins * r * r < target_length:
+        r *= 2
+    return mel_bins * r
+
+
+def htsat_make_config(defaults: dict, num_classes: int, target_length: int, overrides: dict) -> HTSATConfig:
+    fields = {**defaults, **overrides, "num_classes": num_classes}
+    if "patch_size" in overrides:
+        fields["patch_stride"] = (fields["patch_size"], fields["patch_size"])
+    mel = fields["mel_bins"]
+    fields.setdefault("spec_size", htsat_spec_size(mel, target_length))
+    fields["freq_ratio"] = fields["spec_size"] // mel
+    if fields["spec_size"] * fields["freq_ratio"] < target_length:
+        raise ValueError(f"spec_size {fields['spec_size']} folds {fields['spec_size'] * fields['freq_ratio']} "
+                         f"frames, fewer than target_length {target_length}; leave spec_size unset to size it")
+    return HTSATConfig(**fields)
+
+
+def htsat_load_folder(folder: Path) -> tuple:
+    model, front_end, config = load_htsat_folder(folder)
+    names = [config.get("id2label", {}).get(str(i), f"class_{i}") for i in range(model.config.num_classes)]
+    return model, front_end, list(config.get("label_ids", names)), names, config
+
+
+HTSAT_FAMILY = register_family(ModelFamily(
+    name="htsat", model_type="htsat", description="teacher (HTS-AT Swin on the filterbank, trainable)",
+    config_class=HTSATConfig, model_class=HTSATFbankClassifier, student=False, options=HTSAT_OPTIONS,
+    make_config=htsat_make_config, build=lambda config: HTSATFbankClassifier(config).init_weights(),
+    front_end=lambda config, target_length: KaldiFbank(target_length=target_length, num_mel_bins=config.mel_bins),
+    save_folder=save_htsat_folder, load_folder=htsat_load_folder, graph_export=False,
+    any_length=False,  # a fixed image: clips longer than the target length are windowed
+))
+
+
+@register_model(HTSAT_FAMILY)
+def htsat_tiny() -> dict:
+    """Three Swin stages 48-96-192 wide on a 64-bin filterbank (2.4M parameters): a teacher that
+    learns a few hundred clips from scratch (released HTS-AT: four stages, 96-768 wide)."""
+    return dict(embed_dim=48, depths=(2, 2, 2), num_heads=(2, 4, 8), window_size=8, mel_bins=64)
+
+
+@register_model(HTSAT_FAMILY)
+def htsat_base() -> dict:
+    """The released HTS-AT's architecture (Swin-T: depths 2-2-6-2, 96-768 wide), trained on the filterbank."""
+    return dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(4, 8, 16, 32), window_size=8, mel_bins=64)

@@ -44,6 +44,7 @@ class HTSATConfig:
     amin: float = 1e-10            # power_to_db: 10*log10(max(x, amin)) - 10*log10(max(amin, ref))
     ref: float = 1.0
     norm_eps: float = 1e-5         # nn.LayerNorm / nn.BatchNorm2d defaults
+    drop_path_rate: float = 0.1    # stochastic depth of the last block when training (none at inference)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_stride", tuple(self.patch_stride))

@@ -1,5 +1,6 @@
-"""HTS-AT (Chen et al., 2022) teacher: ``HTSATTeacher`` runs our own implementation of the model
-on raw 32 kHz waveforms and loads the released Lightning ``.ckpt`` files. The config is in
+"""HTS-AT (Chen et al., 2022) teachers: ``HTSATTeacher`` runs our own implementation of the model
+on raw 32 kHz waveforms and loads the released Lightning ``.ckpt`` files; ``HTSATFbankTeacher`` runs
+an HTS-AT trained here (``train --model htsat_tiny``) on the Kaldi filterbank it was trained on. The config is in
 ``configuration_htsat``, the modules in ``modeling_htsat`` and the checkpoint layout (writer,
 front-end matrix check) in ``convert_htsat``; the names other code imports from here are re-exported.
 """
@@ -14,15 +15,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dass_distill.checkpoint_files import CheckpointError, load_strict, read_checkpoint, state_dict_in, strip_prefix
+from dass_distill.frontend import KaldiFbank
 
 from .base import SpecMask, Teacher, guess_kind, sha256_of, wrong_kind_hint
 from .configuration_htsat import FRONT_END_MATRICES, HTSATConfig
-from .convert_htsat import DERIVED_BUFFERS, PREFIXES, _front_end_mismatch, save_htsat_checkpoint
-from .modeling_htsat import HTSATModel, mel_matrix, stft_matrices
+from .convert_htsat import (DERIVED_BUFFERS, PREFIXES, _front_end_mismatch, load_htsat_folder, save_htsat_checkpoint,
+                            save_htsat_folder)
+from .modeling_htsat import HTSATFbankClassifier, HTSATModel, mel_matrix, stft_matrices
 
 __all__ = [
-    "FRONT_END_MATRICES", "HTSATConfig", "HTSATModel", "HTSATTeacher", "mel_matrix", "save_htsat_checkpoint",
-    "stft_matrices",
+    "FRONT_END_MATRICES", "HTSATConfig", "HTSATFbankClassifier", "HTSATFbankTeacher", "HTSATModel", "HTSATTeacher",
+    "load_htsat_folder", "mel_matrix", "save_htsat_checkpoint", "save_htsat_folder", "stft_matrices",
 ]
 
 
@@ -145,3 +148,56 @@ class HTSATTeacher(Teacher):
         img = self.model.to_image(feats)
         with self.model_precision():
             return self.model.forward_image(img).float()
+
+
+class HTSATFbankTeacher(Teacher):
+    """An HTS-AT trained here, on the normalised Kaldi filterbank of its exported folder."""
+
+    kind = "htsat"
+
+    def __init__(self, model: HTSATFbankClassifier, front_end: KaldiFbank, name: str = "htsat",
+                 label_ids: list[str] | None = None, label_names: list[str] | None = None) -> None:
+        super().__init__(name, front_end.sampling_rate, model.config.num_classes, label_ids, label_names)
+        self.model = model.eval()
+        self.model.requires_grad_(False)
+        self.front_end = front_end
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, name: str = "htsat") -> "HTSATFbankTeacher":
+        """Load a folder written by ``dass-distill export`` (``save_htsat_folder``)."""
+        model, front_end, config = load_htsat_folder(folder)
+        names = [config.get("id2label", {}).get(str(i), f"class_{i}") for i in range(model.config.num_classes)]
+        teacher = cls(model, front_end, name, config.get("label_ids", names), names)
+        teacher.checkpoint = str(Path(folder).resolve())
+        teacher.checkpoint_sha256 = sha256_of([Path(folder) / "model.safetensors"])
+        return teacher
+
+    @property
+    def config(self) -> HTSATConfig:
+        return self.model.config
+
+    @property
+    def window_samples(self) -> int:
+        return self.front_end.window_samples
+
+    def front_end_params(self) -> dict:
+        return self.front_end.params()
+
+    def short_clip_rule(self) -> str:
+        cfg = self.config
+        return (f"fbank zero-padded to {self.front_end.target_length} frames before normalisation, then "
+                f"bicubic-stretched to {cfg.spec_size * cfg.freq_ratio} frames (HTS-AT's image folding)")
+
+    def centre_frequencies(self) -> torch.Tensor:
+        return self.front_end.centre_frequencies()
+
+    def frame_shift_ms(self) -> float:
+        return self.front_end.frame_shift
+
+    @torch.inference_mode()
+    def window_logits(self, waveforms: Sequence[torch.Tensor],
+                      masks: Sequence[SpecMask | None] | None = None) -> torch.Tensor:
+        feats = self.front_end([w.to(self.device) for w in waveforms])  # fp32 front end
+        feats = self.mask_features(feats, masks)
+        with self.model_precision():
+            return self.model(feats).float()

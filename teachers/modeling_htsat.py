@@ -24,6 +24,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import DropPath
 
 from .configuration_htsat import HTSATConfig
 
@@ -203,6 +204,9 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(dim, ws, config.num_heads[stage], config.qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=config.norm_eps)
         self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
+        # stochastic depth rising linearly over all blocks, as the original (training only)
+        rate = config.drop_path_rate * (sum(config.depths[:stage]) + index) / max(sum(config.depths) - 1, 1)
+        self.drop_path = DropPath(rate) if rate > 0 else nn.Identity()
         # persistent like the original's, so shifted blocks carry 'attn_mask' in the checkpoint
         self.register_buffer("attn_mask", shifted_window_mask(H, W, ws, shift) if shift else None)
 
@@ -215,8 +219,8 @@ class SwinBlock(nn.Module):
         y = window_merge(self.attn(window_partition(y, self.ws), self.attn_mask), self.ws, H, W)
         if self.shift:
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
-        x = x + y.reshape(B, L, C)
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(y.reshape(B, L, C))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class PatchMerging(nn.Module):
@@ -253,15 +257,16 @@ class SwinStage(nn.Module):
 
 # ---------------------------------------------------------------- the model
 
-class HTSATModel(nn.Module):
-    """HTS-AT with the original's module names: waveforms (B, clip_samples) -> logits (B, classes)."""
+class HTSATBackbone(nn.Module):
+    """HTS-AT from the (B, 1, S, S) image to logits: patches, Swin stages, the token-semantic head.
+
+    ``to_image`` folds a (B, 1, T, F) spectrogram into that image; ``HTSATModel`` puts the
+    original's waveform front end before it and ``HTSATFbankClassifier`` the toolkit's filterbank.
+    """
 
     def __init__(self, config: HTSATConfig) -> None:
         super().__init__()
         self.config = config
-        self.spectrogram_extractor = Spectrogram(config.n_fft, config.hop)
-        self.logmel_extractor = LogmelFilterBank(config)
-        self.bn0 = nn.BatchNorm2d(config.mel_bins, eps=config.norm_eps)
         self.patch_embed = PatchEmbed(config)
         if config.ape:
             self.absolute_pos_embed = nn.Parameter(torch.zeros(1, config.grid[0] * config.grid[1], config.embed_dim))
@@ -271,14 +276,23 @@ class HTSATModel(nn.Module):
                                     padding=(0, 1))
         self.head = nn.Linear(config.num_classes, config.num_classes)  # unused with tscam; in every checkpoint
 
-    def logmel(self, waves: torch.Tensor) -> torch.Tensor:
-        """(B, samples) -> bn0-normalised log-mel (B, 1, frames, mel_bins), in fp32."""
-        with torch.autocast(waves.device.type, enabled=False):
-            x = self.logmel_extractor(self.spectrogram_extractor(waves.float()))
-            bn = self.bn0
-            # always the running statistics, whatever mode the module is in (a teacher never trains)
-            x = F.batch_norm(x.transpose(1, 2), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-            return x.transpose(1, 2)[:, None]
+    def init_weights(self) -> "HTSATBackbone":
+        """The original's ``_init_weights`` (Swin's): normal(0, 0.02) cut at +-2 (``trunc_normal_``'s
+        defaults, as there) for linear weights, position tables and the absolute positions; zero
+        biases; LayerNorm at identity."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, WindowAttention):
+                nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
+        if self.config.ape:
+            nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
+        return self
 
     def to_image(self, feats: torch.Tensor) -> torch.Tensor:
         """``reshape_wav2img``: (B, 1, T, F) -> bicubic stretch to (spec_size*freq_ratio, spec_size//freq_ratio),
@@ -321,5 +335,39 @@ class HTSATModel(nn.Module):
     def forward_image(self, img: torch.Tensor) -> torch.Tensor:
         return self.tscam(self.tokens(img)).mean(dim=-1)
 
+
+class HTSATModel(HTSATBackbone):
+    """HTS-AT with the original's module names: waveforms (B, clip_samples) -> logits (B, classes)."""
+
+    def __init__(self, config: HTSATConfig) -> None:
+        super().__init__(config)
+        self.spectrogram_extractor = Spectrogram(config.n_fft, config.hop)
+        self.logmel_extractor = LogmelFilterBank(config)
+        self.bn0 = nn.BatchNorm2d(config.mel_bins, eps=config.norm_eps)
+
+    def logmel(self, waves: torch.Tensor) -> torch.Tensor:
+        """(B, samples) -> bn0-normalised log-mel (B, 1, frames, mel_bins), in fp32."""
+        with torch.autocast(waves.device.type, enabled=False):
+            x = self.logmel_extractor(self.spectrogram_extractor(waves.float()))
+            bn = self.bn0
+            # always the running statistics, whatever mode the module is in (a teacher never trains)
+            x = F.batch_norm(x.transpose(1, 2), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+            return x.transpose(1, 2)[:, None]
+
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         return self.forward_image(self.to_image(self.logmel(waves)))
+
+
+class HTSATFbankClassifier(HTSATBackbone):
+    """HTS-AT's backbone on the toolkit's normalised Kaldi filterbank: (B, T, mel_bins) -> logits.
+
+    The trainable form (``train --model htsat_tiny``): the released model's waveform front end
+    (32 kHz torchlibrosa log-mel and ``bn0``) is replaced by the filterbank every trainable
+    model takes, so the features are those of AST and the students; the rest is HTS-AT's.
+    """
+
+    def get_classifier(self) -> nn.Module:
+        return self.tscam_conv
+
+    def forward(self, fbank: torch.Tensor) -> torch.Tensor:
+        return self.forward_image(self.to_image(fbank[:, None]))

@@ -1,7 +1,7 @@
 """Teacher specs on the command line: ``KIND:PATH`` or a small YAML file.
 
 ``ast:PATH`` takes an original AST ``.pth`` or a transformers folder, ``htsat:PATH``
-the Lightning ``.ckpt`` of HTS-AT, ``sslam:PATH`` SSLAM's fairseq ``.pt``, a
+the Lightning ``.ckpt`` of HTS-AT or the folder of one trained here, ``sslam:PATH`` SSLAM's fairseq ``.pt``, a
 ``.safetensors`` file or a Hugging Face folder. A YAML file names one teacher::
 
     kind: htsat
@@ -41,8 +41,10 @@ def _load_ast(path: Path, name: str, allow_pickle: bool, input_tdim: int = 1024,
 
 
 def _load_htsat(path: Path, name: str, allow_pickle: bool) -> Teacher:
-    from .htsat import HTSATTeacher
+    from .htsat import HTSATFbankTeacher, HTSATTeacher
 
+    if path.is_dir():  # an HTS-AT trained here and exported
+        return HTSATFbankTeacher.from_folder(path, name=name)
     return HTSATTeacher.from_checkpoint(path, name=name, allow_pickle=allow_pickle)
 
 

@@ -43,8 +43,9 @@ def test_recipe_benchmark_with_a_pretrained_teacher(tmp_path):
                           env={**clean_env(), "DS_ACCELERATOR": "cpu", "DASS_DISTILL_NO_PROGRESS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(next(tmp_path.rglob("results.json")).read_text())
-    assert [r["recipe"] for r in results["rows"]] == ["teacher recipe", "teacher recipe",
-                                                      "pretrain, then teacher recipe (time stride 8)"]
+    assert [(r["model"], r["recipe"]) for r in results["rows"]] == [
+        ("ast_tiny", "teacher recipe"), ("htsat_tiny", "teacher recipe"), ("cnn_baseline", "teacher recipe"),
+        ("ast_tiny", "pretrain, then teacher recipe (time stride 8)")]
     pre = next(tmp_path.rglob("teacher_pretrain"))
     assert json.loads((pre / "model.json").read_text())["task"] == "pretrain"
     assert len((tmp_path / "w" / "synth" / "pretrain_audio.txt").read_text().split()) == 3 + 400

@@ -1,5 +1,5 @@
-"""Models trained on the user's labels besides DASS: an SSLAM teacher (a second teacher kind for
-ensembles) and the plain CNN baseline of the recipe benchmarks."""
+"""Models trained on the user's labels besides DASS: the SSLAM and HTS-AT teachers (more teacher
+kinds for ensembles; HTS-AT for small label sets) and the plain CNN baseline of the recipe benchmarks."""
 
 import numpy as np
 import pytest
@@ -77,3 +77,94 @@ def test_unknown_options_of_new_models_are_one_line():
         build_model("sslam_tiny", synth_label_map(), 200, bogus=1)
     with pytest.raises(UserError, match="sslam_tiny: SSLAM config"):
         build_model("sslam_tiny", synth_label_map(), 8)  # shorter than one patch
+
+
+def test_htsat_teacher_trains_exports_and_caches(tmp_path, synth_data):
+    """``train --model htsat_tiny`` -> export -> ``htsat:FOLDER`` as a cache teacher, on the
+    filterbank it was trained on; ``predict`` reads the same folder."""
+    from dass_distill.caching import build_cache
+    from dass_distill.data.audio import read_audio
+    from dass_distill.data.manifest import load_manifest
+    from dass_distill.export import export_run
+    from dass_distill.inference import load_tagger
+    from dass_distill.logit_cache import LogitCacheReader
+    from dass_distill.teachers import load_teacher
+    from dass_distill.training.checkpoint import load_trained_model
+    from dass_distill.training.loop import train
+    from helpers import base_overrides
+
+    summary = train(load_config(None, base_overrides(synth_data, tmp_path / "htsat", model="htsat_tiny",
+                                                     **{"optim.max_steps": 2})))
+    assert summary["steps"] == 2 and summary["health"]["final_feature_spread"] > 0
+    report = export_run(tmp_path / "htsat", tmp_path / "htsat_export")
+    assert report.family == "htsat" and report.max_abs_diff == 0.0
+    teacher = load_teacher(f"htsat:{tmp_path / 'htsat_export'}", name="htsat")
+    manifest = load_manifest(synth_data["train_manifest"])
+    assert teacher.kind == "htsat" and teacher.label_ids == list(manifest.label_map.ids)
+    trained, *_ = load_trained_model(tmp_path / "htsat")
+    wave = read_audio(manifest.clips[0].path, 16000)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher.logits([wave])[0], trained.module(trained.featurize(wave)[None])[0])
+    assert load_tagger(tmp_path / "htsat_export").kind == "htsat"
+    build_cache([teacher], manifest, tmp_path / "cache.h5", num_workers=0, command="test")
+    assert np.isfinite(LogitCacheReader(tmp_path / "cache.h5").get(manifest.ids, "htsat")).all()
+
+
+def test_feature_spread_reads_a_convolutional_head_per_channel():
+    """HTS-AT's head is a Conv2d: its inputs are (clips, channels, rows, time), channels first."""
+    from dass_distill.training.health import FeatureSpread
+
+    x = torch.randn(8, 4, 3, 5) * torch.tensor([0.1, 1.0, 3.0, 10.0])[:, None, None]
+    conv, linear = torch.nn.Conv2d(4, 2, 1), torch.nn.Linear(4, 2)
+    with FeatureSpread(conv) as channels_first, torch.no_grad():
+        conv(x)
+    with FeatureSpread(linear) as channels_last, torch.no_grad():
+        linear(x.movedim(1, -1))
+    assert channels_first.value == pytest.approx(channels_last.value)
+
+
+def test_htsat_image_holds_the_target_length():
+    """The image side grows by powers of two with the clip; HTS-AT stretches the frames to fill it."""
+    from dass_distill.registry import create_model
+    from dass_distill.teacher_models import htsat_spec_size
+
+    for frames, side in ((64, 64), (100, 128), (256, 128), (257, 256), (1024, 256), (1025, 512)):
+        assert htsat_spec_size(64, frames) == side, frames
+    for frames in (100, 300):
+        model = create_model("htsat_tiny", num_classes=3, target_length=frames).eval()
+        cfg = model.config
+        assert cfg.spec_size * cfg.freq_ratio >= frames and cfg.freq_ratio == cfg.spec_size // 64
+        assert model(torch.randn(2, frames, 64)).shape == (2, 3)
+    assert create_model("htsat_base", num_classes=527, target_length=1024).config.spec_size == 256  # the released
+    with pytest.raises(UserError, match="htsat_tiny: spec_size 128 folds 256 frames, fewer than target_length 1024"):
+        create_model("htsat_tiny", num_classes=3, target_length=1024, spec_size=128)
+
+
+def test_htsat_initialisation_and_stochastic_depth_are_the_originals():
+    """Swin's truncated-normal(0.02) init; stochastic depth rising to drop_path_rate, off in eval."""
+    from dass_distill.registry import create_model
+
+    model = create_model("htsat_tiny", num_classes=3, target_length=200, drop_path_rate=0.5).eval()
+    qkv = model.layers[0].blocks[0].attn.qkv
+    assert 0.017 < qkv.weight.std().item() < 0.023  # timm's trunc_normal_: cut at +-2, i.e. a plain normal
+    assert not qkv.bias.any() and model.layers[0].blocks[0].attn.relative_position_bias_table.std() > 0.01
+    assert isinstance(model.layers[0].blocks[0].drop_path, torch.nn.Identity)  # the first block: rate 0
+    assert model.layers[-1].blocks[-1].drop_path.drop_prob == pytest.approx(0.5)
+    x = torch.randn(2, 200, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x))
+        model.train()
+        assert not torch.allclose(model(x), model(x))
+
+
+def test_htsat_folder_errors_are_one_line(tmp_path, synth_data):
+    from dass_distill.checkpoint_files import CheckpointError
+    from dass_distill.teachers import load_teacher
+
+    with pytest.raises(CheckpointError, match="has no config.json; pass an HTS-AT folder"):
+        load_teacher(f"htsat:{tmp_path}")
+    (tmp_path / "config.json").write_text('{"model_type": "dass"}')
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "preprocessor_config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="holds a 'dass' model, not an HTS-AT"):
+        load_teacher(f"htsat:{tmp_path}")

@@ -137,6 +137,8 @@ class FeatureSpread:
 
     def _collect(self, module: nn.Module, args: tuple) -> None:
         x = args[0].detach().double()
+        if isinstance(module, nn.modules.conv._ConvNd):  # channels first (HTS-AT's token-semantic head)
+            x = x.movedim(1, -1)
         x = x.reshape(-1, x.shape[-1])  # (clips, channels); a per-token head gives a row per token
         if self.sum is None:
             self.sum = torch.zeros(x.shape[-1], dtype=torch.float64)
