@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformers import ASTConfig
 
-from dass_distill.checkpoint_files import CheckpointError
+from dass_distill.checkpoint_files import CheckpointError, load_strict
 from dass_distill.errors import UserError
 from dass_distill.frontend import KaldiFbank
 from dass_distill.registry import ModelFamily, register_alias, register_family, register_model
@@ -24,6 +24,7 @@ from dass_distill.students.masked_patches import split_pretraining_state
 from dass_distill.teachers import AST_CONFIGS, ASTClassifier, ASTTeacher, ast_config, load_teacher, save_ast_folder
 from dass_distill.teachers.ast import front_end_for as ast_front_end
 from dass_distill.teachers.ast_finetune import init_from_pretrained_ast
+from dass_distill.teachers.convert_htsat import DERIVED_BUFFERS as HTSAT_DERIVED_BUFFERS
 from dass_distill.teachers.htsat import HTSATConfig, HTSATFbankClassifier, load_htsat_folder, save_htsat_folder
 from dass_distill.teachers.sslam import (SSLAMClassifier, SSLAMConfig, load_sslam_classifier,
                                          save_sslam_safetensors)
@@ -188,12 +189,42 @@ def htsat_load_folder(folder: Path) -> tuple:
     return model, front_end, list(config.get("label_ids", names)), names, config
 
 
+HTSAT_FRONT_END = ("spectrogram_extractor.", "logmel_extractor.", "bn0.")  # the released waveform front end
+HTSAT_HEAD = ("tscam_conv.", "head.")
+
+
+def htsat_init_from_released(model: HTSATFbankClassifier, path: Path, label_ids: list[str],
+                             allow_pickle: bool = False) -> bool:
+    """Fine-tune from a released HTS-AT ``.ckpt`` (or an exported ``htsat`` folder): every Swin
+    weight; the shifted-window masks are this model's own (its image may be smaller); the head
+    only for the same labels. A released model's waveform front end is left out: this model reads
+    the filterbank, so its patch embedding starts from weights that saw another log-mel (as AST's
+    start from ImageNet's pixels)."""
+    spec = str(path) if path.suffix in (".yaml", ".yml") else f"htsat:{path}"
+    source = load_teacher(spec, allow_pickle=allow_pickle)
+    if getattr(source, "kind", None) != "htsat":
+        raise UserError(f"pretrained={path} is a {getattr(source, 'kind', 'ensemble')} teacher; an HTS-AT model "
+                        f"fine-tunes from an HTS-AT checkpoint (released .ckpt or exported folder)")
+    same_labels = (list(source.label_ids) == list(label_ids) if source.label_ids is not None
+                   else source.num_classes == len(label_ids))
+    skip = HTSAT_FRONT_END + (() if same_labels else HTSAT_HEAD)
+    state = {k: v for k, v in source.model.state_dict().items()
+             if not k.startswith(skip) and not k.endswith(HTSAT_DERIVED_BUFFERS)}
+    own_buffers = tuple(k for k in model.state_dict() if k.endswith(HTSAT_DERIVED_BUFFERS))
+    try:
+        load_strict(model, state, "htsat", path, allow_missing=own_buffers + (() if same_labels else HTSAT_HEAD))
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; fine-tune the checkpoint's own size (the released HTS-AT is htsat_base)") from None
+    return same_labels
+
+
 HTSAT_FAMILY = register_family(ModelFamily(
     name="htsat", model_type="htsat", description="teacher (HTS-AT Swin on the filterbank, trainable)",
     config_class=HTSATConfig, model_class=HTSATFbankClassifier, student=False, options=HTSAT_OPTIONS,
     make_config=htsat_make_config, build=lambda config: HTSATFbankClassifier(config).init_weights(),
     front_end=lambda config, target_length: KaldiFbank(target_length=target_length, num_mel_bins=config.mel_bins),
-    save_folder=save_htsat_folder, load_folder=htsat_load_folder, graph_export=False,
+    save_folder=save_htsat_folder, load_folder=htsat_load_folder, init_from_released=htsat_init_from_released,
+    graph_export=False,
     any_length=False,  # a fixed image: clips longer than the target length are windowed
 ))
 

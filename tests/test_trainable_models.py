@@ -168,3 +168,41 @@ def test_htsat_folder_errors_are_one_line(tmp_path, synth_data):
     (tmp_path / "preprocessor_config.json").write_text("{}")
     with pytest.raises(CheckpointError, match="holds a 'dass' model, not an HTS-AT"):
         load_teacher(f"htsat:{tmp_path}")
+
+
+def test_htsat_fine_tunes_from_a_released_checkpoint(tmp_path, synth_data):
+    """``train --model htsat_tiny pretrained=HTSAT.ckpt``: the Swin weights of a random-weight
+    checkpoint in the released Lightning layout, the window masks of the smaller image, a new
+    head for other labels; the released head for its own class count."""
+    from dass_distill.checkpoint_files import CheckpointError
+    from dass_distill.registry import create_model, family_of
+    from dass_distill.teachers.htsat import HTSATConfig, HTSATModel, save_htsat_checkpoint
+    from dass_distill.training.checkpoint import load_trained_model
+    from dass_distill.training.loop import train
+    from helpers import base_overrides
+
+    torch.manual_seed(0)
+    released = HTSATModel(HTSATConfig(embed_dim=48, depths=(2, 2, 2), num_heads=(2, 4, 8))).init_weights().eval()
+    ckpt = save_htsat_checkpoint(released, tmp_path / "HTSAT_AudioSet_Saved_1.ckpt")
+    theirs = released.state_dict()
+    model = create_model("htsat_tiny", num_classes=5, target_length=200)   # a 128-wide image, not 256
+    init = family_of(model).init_from_released
+    assert init(model, ckpt, [f"c{i}" for i in range(5)]) is False
+    mine = model.state_dict()
+    swin = [k for k in mine if k.startswith(("patch_embed.", "layers.", "norm.")) and not k.endswith("attn_mask")]
+    assert len(swin) > 50 and all(torch.equal(mine[k], theirs[k]) for k in swin)
+    assert mine["layers.0.blocks.1.attn_mask"].shape[0] == 16 < theirs["layers.0.blocks.1.attn_mask"].shape[0]
+    assert not torch.equal(mine["tscam_conv.bias"][:5], theirs["tscam_conv.bias"][:5])
+
+    same = create_model("htsat_tiny", num_classes=527, target_length=1024).eval()  # the released geometry
+    assert init(same, ckpt, [f"c{i}" for i in range(527)]) is True
+    img = torch.randn(2, 1, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(same.forward_image(img), released.forward_image(img))
+    with pytest.raises(CheckpointError, match="fine-tune the checkpoint's own size"):
+        init(create_model("htsat_base", num_classes=5, target_length=200), ckpt, [f"c{i}" for i in range(5)])
+
+    train(load_config(None, base_overrides(synth_data, tmp_path / "run", model="htsat_tiny", pretrained=str(ckpt),
+                                           **{"optim.max_steps": 1})))
+    trained, *_ = load_trained_model(tmp_path / "run")
+    assert trained.module.patch_embed.proj.weight.sub(theirs["patch_embed.proj.weight"]).abs().max() < 0.01
