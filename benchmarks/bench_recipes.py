@@ -16,8 +16,8 @@ Rows, per seed (numbers: eval mAP of the final model):
   training clips (``teacher_pretrain.yaml``, SSAST's masked patches), then fine-tuned with
   the teacher recipe at time stride 8 (``pretrained=RUN``);
 * the student recipe (``demo_student.yaml``, DASS) without KD, with KD from that seed's
-  teacher (its logits cached once), and ``cnn_baseline`` under the student recipe
-  (``--teachers-only`` skips these).
+  teacher (``--kd-teacher``, default the HTS-AT; its logits cached once), and ``cnn_baseline``
+  under the student recipe (``--teachers-only`` skips these).
 
 A run counts as collapsed when ``train`` judged it so (training loss at the label prior
 or eval mAP at chance; see dass_distill/training/health.py).
@@ -34,6 +34,10 @@ from recipe_runs import (console, export_final, final_map, markdown_table, prepa
                          print_table, train_run)
 
 
+# --kd-teacher: (run folder of each seed, teacher kind for load_teacher)
+KD_TEACHERS = {"ast_tiny": ("teacher", "ast"), "htsat_tiny": ("teacher_htsat", "htsat")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="synth", help="'synth' or a folder with train.json / eval.json")
@@ -44,6 +48,8 @@ def main() -> None:
     ap.add_argument("--pretrain-audio", type=Path, default=None,
                     help="unlabelled audio (folder, .txt list or manifest): add the pretrained-teacher row")
     ap.add_argument("--teachers-only", action="store_true", help="only the teacher-recipe rows")
+    ap.add_argument("--kd-teacher", choices=sorted(KD_TEACHERS), default="htsat_tiny",
+                    help="the teacher-recipe run whose logits the KD student learns from")
     args = ap.parse_args()
     cap = {"optim.max_steps": args.max_steps} if args.max_steps else {}
 
@@ -77,12 +83,13 @@ def main() -> None:
         add(("dass_tiny", "student recipe, no KD"), train_run("demo_student.yaml", data, s / "student_nokd", seed,
                                                               **{"distill.kd_weight": 0}, **cap))
         if not args.no_kd:
-            cache = s / "teacher_cache.h5"
+            run, kind = KD_TEACHERS[args.kd_teacher]
+            cache = s / f"{run}_cache.h5"
             if not cache.is_file():
-                teacher = load_teacher(f"ast:{export_final(s / 'teacher', s / 'teacher_export')}", name="ast")
+                teacher = load_teacher(f"{kind}:{export_final(s / run, s / f'{run}_export')}", name=kind)
                 build_cache([teacher], load_manifest(data["train"]), cache, num_workers=0, command="bench_recipes")
-            add(("dass_tiny", "student recipe, KD from the AST"),
-                train_run("demo_student.yaml", data, s / "student_kd", seed, **{"distill.cache": cache}, **cap))
+            add(("dass_tiny", f"student recipe, KD from {args.kd_teacher}"),
+                train_run("demo_student.yaml", data, s / f"student_kd_{run}", seed, **{"distill.cache": cache}, **cap))
         add(("cnn_baseline", "student recipe, no KD"), train_run("demo_student.yaml", data, s / "cnn_student_recipe",
                                                                  seed, model="cnn_baseline",
                                                                  **{"distill.kd_weight": 0}, **cap))
