@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -25,7 +24,7 @@ from transformers import ASTConfig, ASTForAudioClassification
 from dass_distill.checkpoint_files import CheckpointError, load_strict, read_checkpoint, state_dict_in, strip_prefix
 from dass_distill.frontend import KaldiFbank
 
-from .base import SpecMask, Teacher, sha256_of, wrong_kind_hint
+from .base import FbankTeacher, sha256_of, wrong_kind_hint
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -141,7 +140,7 @@ def save_ast_folder(model: ASTClassifier, folder: str | Path) -> Path:
     return folder
 
 
-class ASTTeacher(Teacher):
+class ASTTeacher(FbankTeacher):
     """AST with its Kaldi-fbank front end, from a transformers folder or a config."""
 
     kind = "ast"
@@ -223,28 +222,8 @@ class ASTTeacher(Teacher):
         teacher.checkpoint_sha256 = sha256_of([path])
         return teacher
 
-    @property
-    def window_samples(self) -> int:
-        return self.front_end.window_samples
-
-    def front_end_params(self) -> dict:
-        return self.front_end.params()
-
     def short_clip_rule(self) -> str:
         return f"fbank zero-padded to {self.front_end.target_length} frames before normalisation (as the original AST)"
-
-    def centre_frequencies(self) -> torch.Tensor:
-        return self.front_end.centre_frequencies()
-
-    def frame_shift_ms(self) -> float:
-        return self.front_end.frame_shift
-
-    def window_logits(self, waveforms: Sequence[torch.Tensor],
-                      masks: Sequence[SpecMask | None] | None = None) -> torch.Tensor:
-        feats = self.front_end([w.to(self.device) for w in waveforms])
-        feats = self.mask_features(feats, masks)  # on the normalised fbank, as the original's SpecAugment
-        with self.model_precision():
-            return self.model(feats).float()
 
 
 def _solve_strides(num_patches: int, patch: int, fdim: int, tdim: int) -> tuple[int, int] | None:

@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 import torch
 import torch.nn as nn
 
-from dass_distill.frontend import window_starts
+from dass_distill.frontend import KaldiFbank, window_starts
 
 
 @dataclass(frozen=True)
@@ -240,6 +240,35 @@ class Teacher(nn.Module, ABC):
     def set_clip_policy(self, policy: ClipPolicy) -> "Teacher":
         self.clip_policy = policy
         return self
+
+
+class FbankTeacher(Teacher):
+    """A teacher behind the toolkit's Kaldi filterbank (``self.front_end``, set by the subclass):
+    AST, SSLAM and an HTS-AT trained here. Masks act on the normalised filterbank, as the
+    originals' SpecAugment."""
+
+    front_end: KaldiFbank
+
+    @property
+    def window_samples(self) -> int:
+        return self.front_end.window_samples
+
+    def front_end_params(self) -> dict:
+        return self.front_end.params()
+
+    def centre_frequencies(self) -> torch.Tensor:
+        return self.front_end.centre_frequencies()
+
+    def frame_shift_ms(self) -> float:
+        return self.front_end.frame_shift
+
+    @torch.inference_mode()
+    def window_logits(self, waveforms: Sequence[torch.Tensor],
+                      masks: Sequence[SpecMask | None] | None = None) -> torch.Tensor:
+        feats = self.front_end([w.to(self.device) for w in waveforms])  # fp32 front end
+        feats = self.mask_features(feats, masks)
+        with self.model_precision():
+            return self.model(feats).float()
 
 
 def sha256_of(paths: list[Path]) -> str:

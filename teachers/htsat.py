@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from dass_distill.checkpoint_files import CheckpointError, load_strict, read_checkpoint, state_dict_in, strip_prefix
 from dass_distill.frontend import KaldiFbank
 
-from .base import SpecMask, Teacher, guess_kind, sha256_of, wrong_kind_hint
+from .base import FbankTeacher, SpecMask, Teacher, guess_kind, sha256_of, wrong_kind_hint
 from .configuration_htsat import FRONT_END_MATRICES, HTSATConfig
 from .convert_htsat import (DERIVED_BUFFERS, PREFIXES, _front_end_mismatch, load_htsat_folder, save_htsat_checkpoint,
                             save_htsat_folder)
@@ -150,7 +150,7 @@ class HTSATTeacher(Teacher):
             return self.model.forward_image(img).float()
 
 
-class HTSATFbankTeacher(Teacher):
+class HTSATFbankTeacher(FbankTeacher):
     """An HTS-AT trained here, on the normalised Kaldi filterbank of its exported folder."""
 
     kind = "htsat"
@@ -176,28 +176,7 @@ class HTSATFbankTeacher(Teacher):
     def config(self) -> HTSATConfig:
         return self.model.config
 
-    @property
-    def window_samples(self) -> int:
-        return self.front_end.window_samples
-
-    def front_end_params(self) -> dict:
-        return self.front_end.params()
-
     def short_clip_rule(self) -> str:
         cfg = self.config
         return (f"fbank zero-padded to {self.front_end.target_length} frames before normalisation, then "
                 f"bicubic-stretched to {cfg.spec_size * cfg.freq_ratio} frames (HTS-AT's image folding)")
-
-    def centre_frequencies(self) -> torch.Tensor:
-        return self.front_end.centre_frequencies()
-
-    def frame_shift_ms(self) -> float:
-        return self.front_end.frame_shift
-
-    @torch.inference_mode()
-    def window_logits(self, waveforms: Sequence[torch.Tensor],
-                      masks: Sequence[SpecMask | None] | None = None) -> torch.Tensor:
-        feats = self.front_end([w.to(self.device) for w in waveforms])  # fp32 front end
-        feats = self.mask_features(feats, masks)
-        with self.model_precision():
-            return self.model(feats).float()

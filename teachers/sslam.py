@@ -8,13 +8,11 @@ re-exported.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
-import torch
 
 from dass_distill.frontend import KaldiFbank
 
-from .base import SpecMask, Teacher, sha256_of
+from .base import FbankTeacher, sha256_of
 from .configuration_sslam import SSLAMConfig
 from .convert_sslam import fairseq_cfg, load_sslam_classifier, save_sslam_checkpoint, save_sslam_safetensors
 from .modeling_sslam import SSLAMClassifier, sincos_positions
@@ -33,7 +31,7 @@ def front_end_for(config: SSLAMConfig) -> KaldiFbank:
                       mean=NORM_MEAN, std=NORM_STD)
 
 
-class SSLAMTeacher(Teacher):
+class SSLAMTeacher(FbankTeacher):
     """SSLAM with its Kaldi-fbank front end; outputs are positional (AudioSet order)."""
 
     kind = "sslam"
@@ -62,27 +60,6 @@ class SSLAMTeacher(Teacher):
     def config(self) -> SSLAMConfig:
         return self.model.config
 
-    @property
-    def window_samples(self) -> int:
-        return self.front_end.window_samples
-
-    def front_end_params(self) -> dict:
-        return self.front_end.params()
-
     def short_clip_rule(self) -> str:
         return (f"fbank zero-padded to {self.front_end.target_length} frames before normalisation "
                 "(as the original EAT/SSLAM inference)")
-
-    def centre_frequencies(self) -> torch.Tensor:
-        return self.front_end.centre_frequencies()
-
-    def frame_shift_ms(self) -> float:
-        return self.front_end.frame_shift
-
-    @torch.inference_mode()
-    def window_logits(self, waveforms: Sequence[torch.Tensor],
-                      masks: Sequence[SpecMask | None] | None = None) -> torch.Tensor:
-        feats = self.front_end([w.to(self.device) for w in waveforms])  # fp32 front end
-        feats = self.mask_features(feats, masks)  # on the normalised fbank
-        with self.model_precision():
-            return self.model(feats).float()
