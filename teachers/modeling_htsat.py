@@ -14,7 +14,9 @@
   because the checkpoints carry it).
 
 Logits are the pre-sigmoid time average of ``tscam_conv``'s output; the original's
-``clipwise_output`` is their sigmoid.
+``clipwise_output`` is their sigmoid. ``HTSATBackbone`` is everything after the front end;
+``HTSATFbankClassifier`` puts the toolkit's Kaldi filterbank before it instead (the
+trainable ``htsat_*`` models), with the original's weight init and stochastic depth.
 """
 
 from __future__ import annotations
