@@ -55,16 +55,26 @@ def ast_load_folder(folder: Path) -> tuple:
     return teacher.model, teacher.front_end, teacher.label_ids, teacher.label_names, teacher.model.config.to_dict()
 
 
+def _released_source(kind: str, title: str, formats: str, path: Path, label_ids: list[str],
+                     allow_pickle: bool) -> tuple:
+    """The teacher a ``pretrained=`` checkpoint (or teacher YAML) loads as, refused in one line when it
+    is not of ``kind``, and whether its head fits ``label_ids``: the same ids, or for a checkpoint
+    that carries no names, the same class count."""
+    spec = str(path) if path.suffix in (".yaml", ".yml") else f"{kind}:{path}"
+    source = load_teacher(spec, allow_pickle=allow_pickle)
+    if getattr(source, "kind", None) != kind:
+        raise UserError(f"pretrained={path} is a {getattr(source, 'kind', 'ensemble')} teacher; an {title} model "
+                        f"fine-tunes from an {title} checkpoint ({formats})")
+    same_labels = (list(source.label_ids) == list(label_ids) if source.label_ids is not None
+                   else source.num_classes == len(label_ids))
+    return source, same_labels
+
+
 def ast_init_from_released(model: ASTClassifier, path: Path, label_ids: list[str], allow_pickle: bool = False) -> bool:
     """Fine-tune a released AST (original ``.pth``, teacher YAML or transformers folder): every
     transformer weight, positions adapted to this model's grid, the head only for the same labels."""
-    spec = str(path) if path.suffix in (".yaml", ".yml") else f"ast:{path}"
-    source = load_teacher(spec, allow_pickle=allow_pickle)
-    if getattr(source, "kind", None) != "ast":
-        raise UserError(f"pretrained={path} is a {getattr(source, 'kind', 'ensemble')} teacher; an AST model "
-                        f"fine-tunes from an AST checkpoint (original .pth or transformers folder)")
-    same_labels = (list(source.label_ids) == list(label_ids) if source.label_ids is not None
-                   else source.num_classes == len(label_ids))
+    source, same_labels = _released_source("ast", "AST", "original .pth or transformers folder", path, label_ids,
+                                           allow_pickle)
     done = init_from_pretrained_ast(model, source.model, str(path), keep_head=same_labels)
     return done["head"] == "kept"
 
@@ -183,12 +193,6 @@ def htsat_make_config(defaults: dict, num_classes: int, target_length: int, over
     return HTSATConfig(**fields)
 
 
-def htsat_load_folder(folder: Path) -> tuple:
-    model, front_end, config = load_htsat_folder(folder)
-    names = [config.get("id2label", {}).get(str(i), f"class_{i}") for i in range(model.config.num_classes)]
-    return model, front_end, list(config.get("label_ids", names)), names, config
-
-
 HTSAT_FRONT_END = ("spectrogram_extractor.", "logmel_extractor.", "bn0.")  # the released waveform front end
 HTSAT_HEAD = ("tscam_conv.", "head.")
 
@@ -200,13 +204,8 @@ def htsat_init_from_released(model: HTSATFbankClassifier, path: Path, label_ids:
     only for the same labels. A released model's waveform front end is left out: this model reads
     the filterbank, so its patch embedding starts from weights that saw another log-mel (as AST's
     start from ImageNet's pixels)."""
-    spec = str(path) if path.suffix in (".yaml", ".yml") else f"htsat:{path}"
-    source = load_teacher(spec, allow_pickle=allow_pickle)
-    if getattr(source, "kind", None) != "htsat":
-        raise UserError(f"pretrained={path} is a {getattr(source, 'kind', 'ensemble')} teacher; an HTS-AT model "
-                        f"fine-tunes from an HTS-AT checkpoint (released .ckpt or exported folder)")
-    same_labels = (list(source.label_ids) == list(label_ids) if source.label_ids is not None
-                   else source.num_classes == len(label_ids))
+    source, same_labels = _released_source("htsat", "HTS-AT", "released .ckpt or exported folder", path, label_ids,
+                                           allow_pickle)
     skip = HTSAT_FRONT_END + (() if same_labels else HTSAT_HEAD)
     state = {k: v for k, v in source.model.state_dict().items()
              if not k.startswith(skip) and not k.endswith(HTSAT_DERIVED_BUFFERS)}
@@ -223,7 +222,7 @@ HTSAT_FAMILY = register_family(ModelFamily(
     config_class=HTSATConfig, model_class=HTSATFbankClassifier, student=False, options=HTSAT_OPTIONS,
     make_config=htsat_make_config, build=lambda config: HTSATFbankClassifier(config).init_weights(),
     front_end=lambda config, target_length: KaldiFbank(target_length=target_length, num_mel_bins=config.mel_bins),
-    save_folder=save_htsat_folder, load_folder=htsat_load_folder, init_from_released=htsat_init_from_released,
+    save_folder=save_htsat_folder, load_folder=load_htsat_folder, init_from_released=htsat_init_from_released,
     graph_export=False,
     any_length=False,  # a fixed image: clips longer than the target length are windowed
 ))

@@ -90,8 +90,9 @@ def save_htsat_folder(model: HTSATFbankClassifier, folder: str | Path, front_end
     return folder
 
 
-def load_htsat_folder(folder: str | Path) -> tuple[HTSATFbankClassifier, KaldiFbank, dict]:
-    """(model in eval mode, front end, config dict) of a folder ``save_htsat_folder`` wrote."""
+def load_htsat_folder(folder: str | Path) -> tuple[HTSATFbankClassifier, KaldiFbank, list[str], list[str], dict]:
+    """(model in eval mode, front end, label ids, label names, config dict) of a folder
+    ``save_htsat_folder`` wrote."""
     folder = Path(folder)
     owner = "htsat teacher"
     for name in (CONFIG_FILE, WEIGHTS_FILE, PREPROCESSOR_CONFIG):
@@ -119,4 +120,5 @@ def load_htsat_folder(folder: str | Path) -> tuple[HTSATFbankClassifier, KaldiFb
     if front_end.num_mel_bins != model.config.mel_bins:
         raise CheckpointError(f"{owner}: {folder} front end has {front_end.num_mel_bins} mel bins but the model "
                               f"takes {model.config.mel_bins}; re-export the model")
-    return model.eval(), front_end, config
+    names = [config.get("id2label", {}).get(str(i), f"class_{i}") for i in range(model.config.num_classes)]
+    return model.eval(), front_end, list(config.get("label_ids", names)), names, config

@@ -165,9 +165,8 @@ class HTSATFbankTeacher(FbankTeacher):
     @classmethod
     def from_folder(cls, folder: str | Path, name: str = "htsat") -> "HTSATFbankTeacher":
         """Load a folder written by ``dass-distill export`` (``save_htsat_folder``)."""
-        model, front_end, config = load_htsat_folder(folder)
-        names = [config.get("id2label", {}).get(str(i), f"class_{i}") for i in range(model.config.num_classes)]
-        teacher = cls(model, front_end, name, config.get("label_ids", names), names)
+        model, front_end, label_ids, names, _ = load_htsat_folder(folder)
+        teacher = cls(model, front_end, name, label_ids, names)
         teacher.checkpoint = str(Path(folder).resolve())
         teacher.checkpoint_sha256 = sha256_of([Path(folder) / "model.safetensors"])
         return teacher
