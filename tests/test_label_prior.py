@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from dass_distill.metrics import average_precision
-from dass_distill.training.health import SPREAD_DROP, CollapseMonitor, FeatureSpread, likely_causes
+from dass_distill.training.health import (LATE_SHARE, SPREAD_DROP, CollapseMonitor, FeatureSpread, late_start_advice,
+                                          likely_causes)
 from dass_distill.training.label_prior import (
     PRIOR_FLOOR, chance_average_precision, chance_map, label_prior, prior_bce, prior_logits,
 )
@@ -69,6 +70,39 @@ def test_monitor_quiet_for_a_learning_run():
     assert mon.evaluated(400, 0.7) is None
     rep = mon.report()
     assert not rep["collapsed"] and rep["final_train_bce"] < 0.1 and rep["final_eval_mAP"] == 0.7
+
+
+def _plateau_then_learn(mon: CollapseMonitor, plateau: int, total: int) -> None:
+    for s in range(1, total + 1):
+        mon.update(s, 0.40 if s <= plateau else 0.40 * math.exp(-(s - plateau) / 100))
+
+
+def test_monitor_flags_a_run_that_left_the_prior_late():
+    # Measured on the spoken words: dass_tiny with frequency masks sat at the prior for 36-56%
+    # of its 2160 steps and ended 0.31-0.57; without them 17-23% and 0.57-0.63.
+    total = 2000
+    late = CollapseMonitor(prior_bce=0.40, chance_map=0.2, check_after=50)
+    _plateau_then_learn(late, int(0.55 * total), total)
+    rep = late.report(total)
+    assert not rep["collapsed"] and rep["left_prior_late"]
+    assert LATE_SHARE * total <= rep["last_step_at_prior"] <= 0.55 * total + 60  # the EMA lags the loss a little
+    early = CollapseMonitor(prior_bce=0.40, chance_map=0.2, check_after=50)
+    _plateau_then_learn(early, int(0.2 * total), total)
+    assert early.report(total)["left_prior_late"] is False
+    restored = CollapseMonitor(prior_bce=0.40, chance_map=0.2, check_after=50)
+    restored.load_state_dict(late.state_dict())
+    assert restored.report(total) == rep
+    stuck = CollapseMonitor(prior_bce=0.40, chance_map=0.2, check_after=50)
+    _plateau_then_learn(stuck, total, total)
+    assert stuck.report(total)["collapsed"] and not stuck.report(total)["left_prior_late"]  # a collapse, not late
+    assert late.report()["left_prior_late"] is None  # without the run's length: not judged
+
+
+def test_late_start_advice_names_the_frequency_masks_only_where_they_apply():
+    text = late_start_advice(1100, 2160, 24, from_cache_views=False)
+    assert "step 1100 of 2160 (51% of the run)" in text and "augment.freq_mask=0" in text
+    assert "freq_mask" not in late_start_advice(1100, 2160, 24, from_cache_views=True)  # the views carry their masks
+    assert "freq_mask" not in late_start_advice(1100, 2160, 0, from_cache_views=False)
 
 
 def test_monitor_flags_chance_level_eval():
@@ -169,3 +203,24 @@ def test_a_run_that_learns_nothing_is_called_collapsed(tmp_path, synth_data, cap
     health = summary["health"]
     assert health["final_feature_spread"] > SPREAD_DROP * health["start_feature_spread"] > 0
     assert "lost their dependence" not in err
+
+
+def test_train_warns_when_a_run_left_the_prior_late(tmp_path, synth_data, capsys, monkeypatch):
+    """The loop's wiring: a learning run whose monitor says it left the prior late ends with the advice."""
+    from dass_distill.training import health as health_module
+    from dass_distill.training.config import load_config
+    from dass_distill.training.loop import train
+    from helpers import base_overrides
+
+    real_report = health_module.CollapseMonitor.report
+
+    def late_report(self, total_steps=None):
+        return {**real_report(self, total_steps), "collapsed": False, "reasons": [], "last_step_at_prior": 2,
+                "left_prior_late": True}
+
+    monkeypatch.setattr(health_module.CollapseMonitor, "report", late_report)
+    over = base_overrides(synth_data, tmp_path / "run", **{"optim.max_steps": 3, "augment.freq_mask": 24})
+    summary = train(load_config(None, over))
+    err = capsys.readouterr().err
+    assert summary["health"]["left_prior_late"] and "late start" in err
+    assert "step 2 of 3" in err and "augment.freq_mask=0" in err.replace("\n", "")

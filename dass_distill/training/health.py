@@ -34,6 +34,11 @@ EMA_STEPS = 50
 #: the input. (The start differs by model: a fresh sslam_tiny's mean-pooled tokens
 #: spread 0.011, a dass_tiny's pooled map 0.35.)
 SPREAD_DROP = 0.05
+#: A run whose smoothed training BCE was last at the prior after this share of its steps
+#: "left the prior late": it learned, but spent so much of its budget on the plateau that
+#: its result depends on when it left, i.e. on the seed (benchmarks/RESULTS.md, "How long
+#: the student sits at the label prior").
+LATE_SHARE = 0.4
 
 
 @dataclass
@@ -52,6 +57,7 @@ class CollapseMonitor:
     last_map: float | None = None
     start_spread: float | None = None
     last_spread: float | None = None
+    last_prior_step: int | None = None
     warned: set[str] = field(default_factory=set)
 
     def update(self, step: int, bce: float) -> str | None:
@@ -61,6 +67,8 @@ class CollapseMonitor:
             return None
         a = 2.0 / (EMA_STEPS + 1)
         self.bce_ema = bce if self.bce_ema is None else (1 - a) * self.bce_ema + a * bce
+        if self.at_prior:
+            self.last_prior_step = step
         if step >= self.check_after and self.at_prior and "prior" not in self.warned:
             self.warned.add("prior")
             return (f"step {step}: training BCE {self.bce_ema:.4f} is still at the label prior's "
@@ -83,11 +91,13 @@ class CollapseMonitor:
     def state_dict(self) -> dict:
         """What a checkpoint keeps, so a resumed run judges as the uninterrupted one would."""
         return {"bce_ema": self.bce_ema, "last_map": self.last_map, "start_spread": self.start_spread,
-                "last_spread": self.last_spread, "warned": sorted(self.warned)}
+                "last_spread": self.last_spread, "last_prior_step": self.last_prior_step,
+                "warned": sorted(self.warned)}
 
     def load_state_dict(self, state: dict) -> None:
         self.bce_ema, self.last_map = state.get("bce_ema"), state.get("last_map")
         self.start_spread, self.last_spread = state.get("start_spread"), state.get("last_spread")
+        self.last_prior_step = state.get("last_prior_step")
         self.warned = set(state.get("warned", ()))
 
     @property
@@ -105,8 +115,14 @@ class CollapseMonitor:
         return (self.last_spread is not None and self.start_spread is not None
                 and self.last_spread < SPREAD_DROP * self.start_spread)
 
-    def report(self) -> dict:
-        """What the run summary records; ``collapsed`` is judged on the final state."""
+    def left_prior_late(self, total_steps: int) -> bool:
+        """Whether a run that learned sat at the prior past ``LATE_SHARE`` of its ``total_steps``."""
+        return (not self.at_prior and self.last_prior_step is not None
+                and self.last_prior_step >= LATE_SHARE * total_steps)
+
+    def report(self, total_steps: int | None = None) -> dict:
+        """What the run summary records; ``collapsed`` is judged on the final state, ``left_prior_late``
+        (given the run's ``total_steps``) on when the training BCE last sat at the prior."""
         reasons = []
         if self.at_prior:
             reasons.append("training loss at the label prior")
@@ -119,7 +135,9 @@ class CollapseMonitor:
                 "chance_mAP": None if self.chance_map is None else round(self.chance_map, 6),
                 "final_eval_mAP": self.last_map,
                 "start_feature_spread": None if self.start_spread is None else round(self.start_spread, 6),
-                "final_feature_spread": None if self.last_spread is None else round(self.last_spread, 6)}
+                "final_feature_spread": None if self.last_spread is None else round(self.last_spread, 6),
+                "last_step_at_prior": self.last_prior_step,
+                "left_prior_late": None if total_steps is None else self.left_prior_late(total_steps)}
 
 
 class FeatureSpread:
@@ -196,6 +214,19 @@ def likely_causes(optimizer: str, lr: float, weight_decay: float, steps_after_wa
     causes.append("labels or audio that carry no signal: check the manifest's labels and that the clips are "
                   "not silent ('dass-distill predict' on a few files)")
     return causes
+
+
+def late_start_advice(last_prior_step: int, total_steps: int, freq_mask: int, from_cache_views: bool) -> str:
+    """Why a run that learned only after a long stay at the label prior is fragile, and what to change."""
+    share = last_prior_step / max(total_steps, 1)
+    masks = ""
+    if freq_mask > 0 and not from_cache_views:
+        masks = (f" SpecAugment frequency masks (augment.freq_mask={freq_mask}) lengthen that stay: on 10 spoken "
+                 f"words they doubled it for dass_tiny (benchmarks/RESULTS.md); try augment.freq_mask=0.")
+    return (f"The training BCE left the label prior only at step {last_prior_step} of {total_steps} "
+            f"({share:.0%} of the run). The model learned, but so late that its result depends on when it left, "
+            f"i.e. on the seed; another seed may stay at the prior.{masks} Training longer (optim.epochs, with "
+            f"optim.lr_decay_start_epoch) gives it room to finish.")
 
 
 @dataclass

@@ -34,7 +34,7 @@ from dass_distill.models import build_model
 from dass_distill.training.checkpoint import CHECKPOINTS, MODEL_INFO, ModelInfo, consolidated_state_dict, resolve_checkpoint
 from dass_distill.training.config import TrainConfig, check_resume_config, dump_config
 from dass_distill.training.distributed import init_distributed, rank, world_size
-from dass_distill.training.health import CollapseMonitor, FeatureSpread, likely_causes
+from dass_distill.training.health import CollapseMonitor, FeatureSpread, late_start_advice, likely_causes
 from dass_distill.training.label_prior import chance_map, label_prior, prior_bce, prior_logits
 from dass_distill.training.metrics_log import MetricsLog
 from dass_distill.training.sampler import ResumableSampler, balanced_weights
@@ -476,14 +476,19 @@ class Trainer:
             "zero_stage": self.cfg.deepspeed.zero_stage,
             "averaged_mAP": getattr(self, "averaged_map", None),
             "distilled": self.distilling,
-            "health": self.monitor.report(),
+            "health": self.monitor.report(self.total_steps),
             "teacher": self.teacher_provenance,
             "output_dir": str(self.out),
         }
         if self.is_main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
-            if summary["health"]["collapsed"]:
-                self.explain_collapse(summary["health"])
+            health = summary["health"]
+            if health["collapsed"]:
+                self.explain_collapse(health)
+            elif health["left_prior_late"]:
+                text = late_start_advice(health["last_step_at_prior"], self.total_steps, self.cfg.augment.freq_mask,
+                                         self.views is not None)
+                console.print(Panel(Text(text), title="late start", border_style="yellow"))
         return summary
 
     def explain_collapse(self, health: dict) -> None:
